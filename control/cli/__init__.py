@@ -1,0 +1,35 @@
+"""The ``hushgate`` command line: one root group, one module per subcommand group."""
+
+from __future__ import annotations
+
+import click
+
+from control.cli.common import HushgateGroup, State
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(cls=HushgateGroup, context_settings=CONTEXT_SETTINGS)
+@click.option("--config", "config_path", envvar="HUSHGATE_CONFIG", type=click.Path(),
+              help="Config file (default: $HUSHGATE_CONFIG, else built-in SQLite defaults).")
+@click.version_option(package_name="hushgate")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """hushgate: a privacy-first gateway for LLM APIs that keeps metadata only."""
+    ctx.obj = State(config_path)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def _register() -> None:
+    from control.cli import accounts, audit, init, keys, lifecycle, runtime, wallet
+
+    for module in (init, accounts, keys, wallet, audit, lifecycle, runtime):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="hushgate")

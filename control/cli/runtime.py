@@ -1,0 +1,5 @@
+"""`hushgate proxy|serve|up|simulator` — the long-running processes."""
+
+from __future__ import annotations
+
+COMMANDS: list = []

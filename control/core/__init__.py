@@ -1,0 +1,1 @@
+"""The domain core: models and services. Imports neither Flask nor mitmproxy."""

@@ -1,0 +1,401 @@
+"""Configuration: one YAML file, validated against ``schemas/config.schema.json``.
+
+Secrets never live in the YAML. Provider keys come from environment variables (or files)
+named in the config; the audit HMAC key and the session secret come from an environment
+variable, a named file, or — on first run — a file generated in the data folder with 0600
+permissions.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import secrets
+import stat
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from control.core.errors import ConfigError
+
+SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
+CONFIG_ENV = "HUSHGATE_CONFIG"
+
+#: Built-in defaults: the embedded setup (SQLite in ./hushgate-data), policy retention windows.
+DEFAULTS: dict[str, Any] = {
+    "data_dir": "./hushgate-data",
+    "database": {"url": None, "url_env": "HUSHGATE_DATABASE_URL", "pool_size": 10, "echo": False},
+    "proxy": {
+        "listen_host": "127.0.0.1",
+        "listen_port": 8080,
+        "tls": {"cert_file": None, "key_file": None},
+        "allow_plain_http": False,
+        "max_request_bytes": 10 * 1024 * 1024,
+        "upstream_timeout_ms": 120_000,
+        "records_jsonl": None,
+        "record_batch_size": 500,
+        "record_flush_ms": 200,
+    },
+    "control": {
+        "listen_host": "127.0.0.1",
+        "listen_port": 8090,
+        "tls": {"cert_file": None, "key_file": None},
+        "allow_plain_http": False,
+        "secure_cookies": None,
+        "session_idle_minutes": 30,
+        "session_absolute_hours": 12,
+        "login_max_attempts": 5,
+        "login_window_seconds": 300,
+        "payment_webhook_secret_env": "HUSHGATE_PAYMENT_WEBHOOK_SECRET",
+        "payment_webhook_tolerance_seconds": 300,
+    },
+    "providers": [
+        {
+            "name": "simulator",
+            "base_url": "http://127.0.0.1:9999",
+            "api_format": "openai",
+            "key_env": "HUSHGATE_SIMULATOR_KEY",
+        },
+        {
+            "name": "simulator-anthropic",
+            "base_url": "http://127.0.0.1:9999",
+            "api_format": "anthropic",
+            "key_env": "HUSHGATE_SIMULATOR_KEY",
+        },
+    ],
+    "models": [
+        {
+            "name": "sim-gpt",
+            "provider": "simulator",
+            "upstream_model": "sim-gpt",
+            "prices": {"input": 150_000, "output": 600_000, "cached_input": 75_000},
+            "max_output_tokens": 1024,
+        },
+        {
+            "name": "sim-embed",
+            "provider": "simulator",
+            "upstream_model": "sim-embed",
+            "endpoints": ["embeddings"],
+            "prices": {"input": 20_000, "output": 0},
+        },
+        {
+            "name": "sim-claude",
+            "provider": "simulator-anthropic",
+            "upstream_model": "sim-claude",
+            "prices": {"input": 3_000_000, "output": 15_000_000, "cached_input": 300_000},
+            "max_output_tokens": 1024,
+        },
+    ],
+    "wallet": {
+        "currency": "USD",
+        "minor_unit_scale": 1_000_000,
+        "max_amount": 1_000_000_000_000,
+        "hold_ttl_seconds": 900,
+        "low_balance_threshold": 1_000_000,
+    },
+    "retention": {
+        "request_records_days": 90,
+        "audit_events_days": 90,
+        "deleted_account_erasure_days": 30,
+        "schedule_minutes": 60,
+        "batch_size": 5000,
+    },
+    "auth": {
+        "bcrypt_cost": 12,
+        "key_cache_ttl_seconds": 60,
+        "revocation_poll_ms": 1000,
+        "redis_url": None,
+    },
+    "privacy": {"client_ip": "off", "user_agent": "off"},
+    "secrets": {
+        "audit_hmac_key_file": None,
+        "audit_hmac_key_env": "HUSHGATE_AUDIT_HMAC_KEY",
+        "session_secret_file": None,
+        "session_secret_env": "HUSHGATE_SESSION_SECRET",
+    },
+    "audit": {"head_file": None},
+    "policy": {
+        "operator_name": "hushgate operator",
+        "contact_email": "privacy@example.com",
+        "last_updated": "2025-01-01",
+        "minimum_age": 18,
+    },
+    "smtp": {
+        "host": None,
+        "port": 25,
+        "from_address": "hushgate@localhost",
+        "starttls": False,
+        "username": None,
+        "password_env": "HUSHGATE_SMTP_PASSWORD",
+        "timeout_seconds": 10,
+    },
+}
+
+
+@dataclass(frozen=True)
+class Prices:
+    """Prices in minor currency units per million tokens."""
+
+    input: int
+    output: int
+    cached_input: int
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    base_url: str
+    api_format: str
+    key_env: str | None
+    key_file: str | None
+    verify_tls: bool
+    ca_file: str | None
+
+    def api_key(self) -> str | None:
+        """The provider key, read at call time so rotations need no restart."""
+        if self.key_file:
+            try:
+                return Path(self.key_file).read_text().strip() or None
+            except OSError:
+                return None
+        if self.key_env:
+            return os.environ.get(self.key_env) or None
+        return None
+
+
+ENDPOINTS_BY_FORMAT = {
+    "openai": ("chat.completions", "completions", "embeddings", "responses"),
+    "anthropic": ("messages",),
+}
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    provider: Provider
+    upstream_model: str
+    endpoints: tuple[str, ...]
+    prices: Prices
+    max_output_tokens: int
+
+
+@dataclass
+class Config:
+    """The validated configuration. ``raw`` keeps the merged dict (defaults + file)."""
+
+    raw: dict[str, Any]
+    path: Path | None
+    data_dir: Path
+    database_url: str
+    providers: dict[str, Provider] = field(default_factory=dict)
+    models: dict[str, Model] = field(default_factory=dict)
+
+    def section(self, name: str) -> dict[str, Any]:
+        return self.raw[name]
+
+    @property
+    def proxy(self) -> dict[str, Any]:
+        return self.raw["proxy"]
+
+    @property
+    def control(self) -> dict[str, Any]:
+        return self.raw["control"]
+
+    @property
+    def wallet(self) -> dict[str, Any]:
+        return self.raw["wallet"]
+
+    @property
+    def retention(self) -> dict[str, Any]:
+        return self.raw["retention"]
+
+    @property
+    def auth(self) -> dict[str, Any]:
+        return self.raw["auth"]
+
+    @property
+    def privacy(self) -> dict[str, Any]:
+        return self.raw["privacy"]
+
+    @property
+    def policy(self) -> dict[str, Any]:
+        return self.raw["policy"]
+
+    @property
+    def smtp(self) -> dict[str, Any]:
+        return self.raw["smtp"]
+
+    _secrets: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    def audit_hmac_key(self) -> bytes:
+        """The key of the audit chain's HMAC (env, named file, or generated in data_dir)."""
+        if "audit" not in self._secrets:
+            s = self.raw["secrets"]
+            self._secrets["audit"] = _secret(s.get("audit_hmac_key_env"),
+                                             s.get("audit_hmac_key_file"),
+                                             self.data_dir / "audit-hmac.key")
+        return self._secrets["audit"]
+
+    def session_secret(self) -> bytes:
+        """The Flask session / CSRF secret (env, named file, or generated in data_dir)."""
+        if "session" not in self._secrets:
+            s = self.raw["secrets"]
+            self._secrets["session"] = _secret(s.get("session_secret_env"),
+                                               s.get("session_secret_file"),
+                                               self.data_dir / "session-secret.key")
+        return self._secrets["session"]
+
+    def audit_head_path(self) -> Path:
+        head = self.raw["audit"].get("head_file")
+        return Path(head) if head else self.data_dir / "audit-head.log"
+
+
+def _secret(env: str | None, file: str | None, generated: Path) -> bytes:
+    if env and os.environ.get(env):
+        return os.environ[env].encode()
+    path = Path(file) if file else generated
+    if path.exists():
+        value = path.read_bytes().strip()
+        if len(value) < 32:
+            raise ConfigError(f"secret file {path} holds fewer than 32 bytes")
+        return value
+    if file:
+        raise ConfigError(f"secret file {path} does not exist")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_hex(32).encode()
+    # O_EXCL: two processes starting at once must not overwrite each other's secret.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+    except FileExistsError:
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(value)
+    return value
+
+
+@cache
+def load_schema(name: str) -> dict[str, Any]:
+    """Load one JSON Schema from ``schemas/``."""
+    return json.loads((SCHEMAS_DIR / name).read_text())
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _where(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _explain(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        prefix = _where(error)
+        names = ", ".join(f"{prefix}.{e}" if prefix != "(top level)" else e for e in extra)
+        return f"unknown key {names}"
+    if error.validator == "required":
+        return f"{_where(error)}: {error.message}"
+    value = error.instance
+    shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+    return f"{_where(error)}: {shown} is invalid ({error.validator}: {error.validator_value!r})"
+
+
+def validate_config_dict(data: Any) -> None:
+    """Validate a config mapping, raising ConfigError that names the bad key and why."""
+    validator = jsonschema.Draft202012Validator(load_schema("config.schema.json"))
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError("invalid configuration: " + _explain(errors[0]))
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                overrides: dict[str, Any] | None = None) -> Config:
+    """Load, merge with defaults, validate and resolve the configuration.
+
+    ``path`` falls back to ``$HUSHGATE_CONFIG``; with neither, the built-in defaults run on
+    SQLite in ``./hushgate-data``.
+    """
+    path = path or os.environ.get(CONFIG_ENV) or None
+    data: dict[str, Any] = {}
+    cfg_path: Path | None = None
+    if path:
+        cfg_path = Path(path)
+        try:
+            text = cfg_path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {cfg_path}: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file {cfg_path} is not valid YAML{where}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {cfg_path} must be a mapping at the top level")
+        validate_config_dict(loaded)
+        data = loaded
+    if overrides:
+        data = _merge(data, overrides)
+    merged = _merge(DEFAULTS, data)
+    # Lists replace, not merge: a file that lists providers/models replaces the demo catalog.
+    validate_config_dict(merged)
+    return _resolve(merged, cfg_path)
+
+
+def _resolve(raw: dict[str, Any], cfg_path: Path | None) -> Config:
+    base = cfg_path.parent if cfg_path else Path.cwd()
+    data_dir = Path(raw["data_dir"])
+    if not data_dir.is_absolute():
+        data_dir = (base / data_dir).resolve()
+    db = raw["database"]
+    url = db.get("url") or (os.environ.get(db["url_env"]) if db.get("url_env") else None)
+    if not url:
+        url = f"sqlite:///{data_dir / 'hushgate.db'}"
+    providers: dict[str, Provider] = {}
+    for p in raw["providers"]:
+        if p["name"] in providers:
+            raise ConfigError(f"invalid configuration: providers: duplicate name {p['name']!r}")
+        providers[p["name"]] = Provider(
+            name=p["name"], base_url=p["base_url"].rstrip("/"), api_format=p["api_format"],
+            key_env=p.get("key_env"), key_file=p.get("key_file"),
+            verify_tls=p.get("verify_tls", True), ca_file=p.get("ca_file"),
+        )
+    models: dict[str, Model] = {}
+    for m in raw["models"]:
+        if m["name"] in models:
+            raise ConfigError(f"invalid configuration: models: duplicate name {m['name']!r}")
+        provider = providers.get(m["provider"])
+        if provider is None:
+            raise ConfigError(
+                f"invalid configuration: models.{m['name']}.provider: "
+                f"unknown provider {m['provider']!r}")
+        allowed = ENDPOINTS_BY_FORMAT[provider.api_format]
+        endpoints = tuple(m.get("endpoints") or [e for e in allowed if e != "embeddings"])
+        for e in endpoints:
+            if e not in allowed:
+                raise ConfigError(
+                    f"invalid configuration: models.{m['name']}.endpoints: {e!r} is not an "
+                    f"endpoint of the {provider.api_format} format")
+        pr = m["prices"]
+        models[m["name"]] = Model(
+            name=m["name"], provider=provider, upstream_model=m.get("upstream_model", m["name"]),
+            endpoints=endpoints,
+            prices=Prices(pr["input"], pr["output"], pr.get("cached_input", pr["input"])),
+            max_output_tokens=m.get("max_output_tokens", 4096),
+        )
+    return Config(raw=raw, path=cfg_path, data_dir=data_dir, database_url=url,
+                  providers=providers, models=models)

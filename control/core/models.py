@@ -1,0 +1,316 @@
+"""Every table hushgate keeps. The schema itself is created only by Alembic migrations.
+
+Nothing here holds request or response content: the only per-request table is
+``request_records``, whose columns are exactly the fields of
+``schemas/request-record.schema.json``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from control.core.base import BigId, Base, Money, UTCDateTime, created_at, money, uuid_pk
+
+# -- people ---------------------------------------------------------------------------------
+
+
+class Account(Base):
+    """An API customer. Personal fields are nulled at erasure; the row stays as a surrogate."""
+
+    __tablename__ = "accounts"
+
+    id: Mapped[uuid_pk]
+    name: Mapped[str | None] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(254), index=True)
+    company: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active|disabled|deleted|erased
+    adult_attested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    password_hash: Mapped[str | None] = mapped_column(String(100))
+    opt_out_non_essential: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[created_at]
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        CheckConstraint("status IN ('active','disabled','deleted','erased')", name="status"),
+    )
+
+
+class User(Base):
+    """An operator of the control plane (admin or read-only viewer)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[uuid_pk]
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(16), default="admin")  # admin|viewer
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[created_at]
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (CheckConstraint("role IN ('admin','viewer')", name="role"),)
+
+
+# -- credentials ----------------------------------------------------------------------------
+
+
+class ApiKey(Base):
+    """An account's gateway key. Only a bcrypt hash of the secret is stored."""
+
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str | None] = mapped_column(String(100))
+    display_prefix: Mapped[str] = mapped_column(String(32))
+    secret_hash: Mapped[str | None] = mapped_column(String(100))  # nulled at erasure
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    rpm_limit: Mapped[int | None] = mapped_column(Integer)
+    tpm_limit: Mapped[int | None] = mapped_column(Integer)
+    budget: Mapped[int | None] = mapped_column(Money)
+    spent: Mapped[money]
+    budget_held: Mapped[money]
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active|revoked
+    created_at: Mapped[created_at]
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoke_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # rotation grace period
+    rotated_from: Mapped[str | None] = mapped_column(String(16))
+
+    __table_args__ = (
+        CheckConstraint("status IN ('active','revoked')", name="status"),
+        CheckConstraint("budget IS NULL OR spent + budget_held <= budget", name="budget"),
+        CheckConstraint("budget_held >= 0", name="budget_held"),
+    )
+
+
+class AdminToken(Base):
+    """A JSON-API token of a control-plane user (same key format, its own prefix)."""
+
+    __tablename__ = "admin_tokens"
+
+    key_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str | None] = mapped_column(String(100))
+    display_prefix: Mapped[str] = mapped_column(String(32))
+    secret_hash: Mapped[str] = mapped_column(String(100))
+    scope: Mapped[str] = mapped_column(String(8), default="read")  # read|write
+    created_at: Mapped[created_at]
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (CheckConstraint("scope IN ('read','write')", name="scope"),)
+
+
+class WebSession(Base):
+    """A server-side, revocable control-plane session. ``id`` is a SHA-256 of the cookie."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    principal_kind: Mapped[str] = mapped_column(String(8))  # user|account
+    principal_id: Mapped[str] = mapped_column(String(32), index=True)
+    created_at: Mapped[created_at]
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class LoginFailure(Base):
+    """Failed sign-ins, for throttling. ``subject`` is an HMAC of the username, not the name."""
+
+    __tablename__ = "login_failures"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    subject: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[created_at]
+
+
+# -- money ----------------------------------------------------------------------------------
+
+
+class Wallet(Base):
+    """Balance and open holds. ``balance == sum(ledger)``; ``balance - held >= 0`` always."""
+
+    __tablename__ = "wallets"
+
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    balance: Mapped[money]
+    held: Mapped[money]
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        CheckConstraint("held >= 0", name="held_nonneg"),
+        CheckConstraint("balance - held >= 0", name="available_nonneg"),
+    )
+
+
+class LedgerEntry(Base):
+    """An append-only wallet movement. Kept forever (financial compliance)."""
+
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # topup|usage|refund|adjustment
+    amount: Mapped[int] = mapped_column(Money)  # signed: credits > 0, debits < 0
+    balance_after: Mapped[int] = mapped_column(Money)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    params_hash: Mapped[str | None] = mapped_column(String(64))
+    reference: Mapped[str | None] = mapped_column(String(100))  # request id, event id, hold id
+    reason: Mapped[str | None] = mapped_column(String(500))
+    actor: Mapped[str | None] = mapped_column(String(100))
+    estimated: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[created_at]
+
+    __table_args__ = (
+        UniqueConstraint("account_id", "idempotency_key", name="uq_ledger_idempotency"),
+        CheckConstraint("kind IN ('topup','usage','refund','adjustment')", name="kind"),
+    )
+
+
+class Hold(Base):
+    """Funds reserved for one in-flight request."""
+
+    __tablename__ = "holds"
+
+    id: Mapped[uuid_pk]
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(Money)
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open|settled|released
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[created_at]
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        CheckConstraint("amount >= 0", name="amount"),
+        CheckConstraint("status IN ('open','settled','released')", name="status"),
+    )
+
+
+# -- per-request metadata -------------------------------------------------------------------
+
+
+class RequestRecord(Base):
+    """One request's metadata: exactly the fields of ``request-record.schema.json``."""
+
+    __tablename__ = "request_records"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), unique=True)
+    time: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    account_id: Mapped[str | None] = mapped_column(String(32))
+    key_id: Mapped[str | None] = mapped_column(String(16))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(8))
+    provider: Mapped[str | None] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(128))
+    stream: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[int] = mapped_column(Integer)
+    error_type: Mapped[str | None] = mapped_column(String(64))
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cached_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    estimated: Mapped[bool] = mapped_column(Boolean, default=False)
+    cost: Mapped[money]
+    latency_ms: Mapped[int] = mapped_column(Integer, default=0)
+    ttfb_ms: Mapped[int | None] = mapped_column(Integer)
+    upstream_ms: Mapped[int | None] = mapped_column(Integer)
+    request_bytes: Mapped[int] = mapped_column(BigId, default=0)
+    response_bytes: Mapped[int] = mapped_column(BigId, default=0)
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_request_records_account_time", "account_id", "time"),)
+
+
+# -- audit ----------------------------------------------------------------------------------
+
+
+class AuditEvent(Base):
+    """An administrative action, chained by HMAC-SHA256 to its predecessor."""
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    event_id: Mapped[str] = mapped_column(String(32), unique=True)
+    created_at: Mapped[created_at]
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target_type: Mapped[str | None] = mapped_column(String(32))
+    target_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditState(Base):
+    """The single row that serializes audit appends: the chain head and the purge checkpoint."""
+
+    __tablename__ = "audit_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigId, default=0)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    checkpoint_seq: Mapped[int] = mapped_column(BigId, default=0)
+    checkpoint_hash: Mapped[str | None] = mapped_column(String(64))
+    checkpoint_sig: Mapped[str | None] = mapped_column(String(64))
+
+
+# -- infrastructure -------------------------------------------------------------------------
+
+
+class ChangeCounter(Base):
+    """Monotonic counters other processes poll (e.g. ``keys``: any key or account change)."""
+
+    __tablename__ = "change_counters"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigId, default=0)
+
+
+class Notification(Base):
+    """Outbox of messages to account holders. Holds a kind and safe parameters, no content."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[uuid_pk]
+    account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    essential: Mapped[bool] = mapped_column(Boolean, default=False)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued|sent|skipped|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[created_at]
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class PolicyVersion(Base):
+    """Each published version of the privacy policy text (hash + date, not the text)."""
+
+    __tablename__ = "policy_versions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    text_hash: Mapped[str] = mapped_column(String(64))
+    last_updated: Mapped[str] = mapped_column(String(10))
+    created_at: Mapped[created_at]
+    notes: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,272 @@
+"""Prepaid wallets: an append-only ledger, holds, and reserve-then-settle.
+
+Invariants, kept by conditional UPDATEs (and backed by CHECK constraints):
+- ``wallet.balance == sum(ledger_entries.amount)`` for the account;
+- ``wallet.balance - wallet.held >= 0`` (available never negative), under any concurrency;
+- a key with a budget never has ``spent + budget_held > budget``.
+
+``reserve`` holds the worst-case cost before a request is forwarded; ``settle`` charges the
+actual cost (capped at what the wallet and key budget can cover, so the invariants hold even
+if the provider used more than the estimate) and frees the rest; ``release`` frees all of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from control.core.audit import SYSTEM, Action, record
+from control.core.base import utcnow
+from control.core.context import Ctx
+from control.core.errors import (
+    BudgetExceeded,
+    IdempotencyConflict,
+    InsufficientFunds,
+    NotFound,
+    ValidationError,
+)
+from control.core.models import Account, ApiKey, Hold, LedgerEntry, Wallet
+
+
+@dataclass(frozen=True)
+class Balance:
+    balance: int
+    held: int
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
+
+
+def ensure_wallet(session: Session, account_id: str) -> Wallet:
+    wallet = session.get(Wallet, account_id)
+    if wallet is None:
+        wallet = Wallet(account_id=account_id, balance=0, held=0, updated_at=utcnow())
+        session.add(wallet)
+        session.flush()
+    return wallet
+
+
+def get_balance(session: Session, account_id: str) -> Balance:
+    row = session.execute(select(Wallet.balance, Wallet.held)
+                          .where(Wallet.account_id == account_id)).first()
+    if row is None:
+        if session.get(Account, account_id) is None:
+            raise NotFound(f"unknown account {account_id}")
+        return Balance(0, 0)
+    return Balance(row.balance, row.held)
+
+
+def _params_hash(*parts: object) -> str:
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
+
+
+def _credit(ctx: Ctx, account_id: str, amount: int, kind: str, *, idempotency_key: str | None,
+            reference: str | None, reason: str | None) -> tuple[LedgerEntry, bool]:
+    """Apply a signed amount with an optional idempotency key. Returns (entry, created)."""
+    session = ctx.session
+    account = session.get(Account, account_id)
+    if account is None:
+        raise NotFound(f"unknown account {account_id}")
+    if account.status == "erased":
+        raise ValidationError(f"account {account_id} has been erased", "account")
+    if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
+        raise ValidationError("idempotency key must be 1 to 200 characters", "idempotency_key")
+    phash = _params_hash(kind, amount, reference, reason)
+    if idempotency_key:
+        existing = session.scalar(select(LedgerEntry).where(
+            LedgerEntry.account_id == account_id, LedgerEntry.idempotency_key == idempotency_key))
+        if existing is not None:
+            if existing.params_hash != phash:
+                raise IdempotencyConflict(
+                    "idempotency key was already used with different parameters")
+            return existing, False
+    ensure_wallet(session, account_id)
+    cond = [Wallet.account_id == account_id]
+    if amount < 0:
+        cond.append(Wallet.balance - Wallet.held + amount >= 0)
+    new_balance = session.execute(
+        update(Wallet).where(*cond)
+        .values(balance=Wallet.balance + amount, updated_at=utcnow())
+        .returning(Wallet.balance)).scalar()
+    if new_balance is None:
+        raise InsufficientFunds("the adjustment would make the available balance negative")
+    if new_balance > ctx.config.wallet["max_amount"]:
+        raise ValidationError("the balance would exceed the maximum amount", "amount")
+    entry = LedgerEntry(account_id=account_id, kind=kind, amount=amount,
+                        balance_after=new_balance, idempotency_key=idempotency_key,
+                        params_hash=phash, reference=reference, reason=reason,
+                        actor=str(ctx.actor))
+    try:
+        with session.begin_nested():
+            session.add(entry)
+    except IntegrityError:
+        # A concurrent request with the same idempotency key won the race (PostgreSQL).
+        raise IdempotencyConflict("a request with this idempotency key is in progress") from None
+    return entry, True
+
+
+def topup(ctx: Ctx, account_id: str, amount: int, *, idempotency_key: str | None = None,
+          reference: str | None = None, payment: bool = False) -> tuple[LedgerEntry, bool]:
+    """Credit the wallet. The same idempotency key with the same parameters returns the first
+    entry and credits once; with different parameters it raises IdempotencyConflict."""
+    if amount <= 0:
+        raise ValidationError("top-up amount must be positive", "amount")
+    if amount > ctx.config.wallet["max_amount"]:
+        raise ValidationError("top-up amount is too large", "amount")
+    entry, created = _credit(ctx, account_id, amount, "topup", idempotency_key=idempotency_key,
+                             reference=reference, reason=None)
+    if created:
+        action = Action.WALLET_PAYMENT_RECEIVED if payment else Action.WALLET_TOPPED_UP
+        ctx.audit(action, "account", account_id, amount=amount, entry_id=entry.id,
+                  reference=reference)
+    return entry, created
+
+
+def adjust(ctx: Ctx, account_id: str, amount: int, *, reason: str,
+           idempotency_key: str | None = None) -> tuple[LedgerEntry, bool]:
+    """An administrative correction (signed) with a mandatory reason."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError("an adjustment needs a reason", "reason")
+    if len(reason) > 500:
+        raise ValidationError("reason is longer than 500 characters", "reason")
+    if amount == 0:
+        raise ValidationError("adjustment amount must not be zero", "amount")
+    if abs(amount) > ctx.config.wallet["max_amount"]:
+        raise ValidationError("adjustment amount is too large", "amount")
+    entry, created = _credit(ctx, account_id, amount, "adjustment",
+                             idempotency_key=idempotency_key, reference=None, reason=reason)
+    if created:
+        ctx.audit(Action.WALLET_ADJUSTED, "account", account_id, amount=amount,
+                  entry_id=entry.id, reason=reason)
+    return entry, created
+
+
+def history(session: Session, account_id: str, *, limit: int = 100,
+            before_id: int | None = None) -> list[LedgerEntry]:
+    """Ledger entries, newest first, keyset-paginated."""
+    q = (select(LedgerEntry).where(LedgerEntry.account_id == account_id)
+         .order_by(LedgerEntry.id.desc()).limit(limit))
+    if before_id is not None:
+        q = q.where(LedgerEntry.id < before_id)
+    return list(session.scalars(q))
+
+
+def ledger_sum(session: Session, account_id: str) -> int:
+    return int(session.scalar(select(func.coalesce(func.sum(LedgerEntry.amount), 0))
+                              .where(LedgerEntry.account_id == account_id)) or 0)
+
+
+def entry_dict(e: LedgerEntry) -> dict[str, object]:
+    return {"id": e.id, "kind": e.kind, "amount": e.amount, "balance_after": e.balance_after,
+            "reference": e.reference, "reason": e.reason, "actor": e.actor,
+            "estimated": e.estimated, "created_at": e.created_at.isoformat()}
+
+
+# -- the proxy's reserve / settle / release -------------------------------------------------
+
+
+def reserve(session: Session, account_id: str, amount: int, *, key_id: str | None = None,
+            request_id: str | None = None, ttl_seconds: int = 900) -> Hold:
+    """Hold ``amount`` atomically, or raise InsufficientFunds / BudgetExceeded."""
+    if amount < 0:
+        raise ValidationError("hold amount must not be negative", "amount")
+    got = session.execute(
+        update(Wallet)
+        .where(Wallet.account_id == account_id, Wallet.balance - Wallet.held >= amount)
+        .values(held=Wallet.held + amount, updated_at=utcnow())
+        .returning(Wallet.account_id)).first()
+    if got is None:
+        raise InsufficientFunds("insufficient balance for this request")
+    if key_id is not None:
+        ok = session.execute(
+            update(ApiKey)
+            .where(ApiKey.key_id == key_id,
+                   (ApiKey.budget.is_(None))
+                   | (ApiKey.spent + ApiKey.budget_held + amount <= ApiKey.budget))
+            .values(budget_held=ApiKey.budget_held + amount)
+            .returning(ApiKey.key_id)).first()
+        if ok is None:
+            raise BudgetExceeded("this API key's budget is exhausted")
+    now = utcnow()
+    hold = Hold(account_id=account_id, key_id=key_id, amount=amount, status="open",
+                request_id=request_id, created_at=now,
+                expires_at=now + timedelta(seconds=ttl_seconds))
+    session.add(hold)
+    session.flush()
+    return hold
+
+
+def _close(session: Session, hold_id: str, status: str) -> Hold | None:
+    hold = session.execute(
+        update(Hold).where(Hold.id == hold_id, Hold.status == "open")
+        .values(status=status, closed_at=utcnow())
+        .returning(Hold)).scalar()
+    return hold
+
+
+def settle(session: Session, hold_id: str, actual: int, *, reference: str | None = None,
+           estimated: bool = False) -> int:
+    """Charge the actual cost against the hold and free the rest. Returns the amount charged
+    (0 if the hold was already closed, so a retry never double-charges)."""
+    hold = _close(session, hold_id, "settled")
+    if hold is None:
+        return 0
+    wallet = session.execute(select(Wallet).where(Wallet.account_id == hold.account_id)
+                             .with_for_update()).scalar_one()
+    # Never charge more than the hold plus what is still free, so available stays >= 0.
+    charge = max(0, min(actual, wallet.balance - (wallet.held - hold.amount)))
+    key = None
+    if hold.key_id is not None:
+        key = session.execute(select(ApiKey).where(ApiKey.key_id == hold.key_id)
+                              .with_for_update()).scalar()
+        if key is not None and key.budget is not None:
+            charge = min(charge, key.budget - key.spent - (key.budget_held - hold.amount))
+            charge = max(charge, 0)
+    new_balance = session.execute(
+        update(Wallet).where(Wallet.account_id == hold.account_id)
+        .values(held=Wallet.held - hold.amount, balance=Wallet.balance - charge,
+                updated_at=utcnow())
+        .returning(Wallet.balance)).scalar_one()
+    if key is not None:
+        session.execute(update(ApiKey).where(ApiKey.key_id == key.key_id)
+                        .values(budget_held=ApiKey.budget_held - hold.amount,
+                                spent=ApiKey.spent + charge))
+    if charge:
+        session.add(LedgerEntry(account_id=hold.account_id, kind="usage", amount=-charge,
+                                balance_after=new_balance, reference=reference or hold.request_id,
+                                actor="proxy", estimated=estimated))
+    session.flush()
+    return charge
+
+
+def release(session: Session, hold_id: str) -> bool:
+    """Free a hold entirely (refused or failed request). Returns False if already closed."""
+    hold = _close(session, hold_id, "released")
+    if hold is None:
+        return False
+    session.execute(update(Wallet).where(Wallet.account_id == hold.account_id)
+                    .values(held=Wallet.held - hold.amount, updated_at=utcnow()))
+    if hold.key_id is not None:
+        session.execute(update(ApiKey).where(ApiKey.key_id == hold.key_id)
+                        .values(budget_held=ApiKey.budget_held - hold.amount))
+    session.flush()
+    return True
+
+
+def sweep_expired_holds(session: Session, hmac_key: bytes, now: datetime | None = None,
+                        limit: int = 1000) -> int:
+    """Release holds past their expiry (a crashed proxy must not freeze funds)."""
+    now = now or utcnow()
+    ids = list(session.scalars(select(Hold.id).where(Hold.status == "open", Hold.expires_at < now)
+                               .limit(limit)))
+    released = sum(1 for hid in ids if release(session, hid))
+    if released:
+        record(session, hmac_key, SYSTEM, Action.HOLDS_EXPIRED, "holds", None, count=released)
+    return released

@@ -1,0 +1,137 @@
+"""Shared fixtures: a fresh, migrated database per test on SQLite and on PostgreSQL.
+
+PostgreSQL tests need the server on 127.0.0.1:5432 (``HUSHGATE_TEST_PG`` overrides the
+admin URL). Each test gets its own database cloned from a migrated template, so tests
+never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from control.core import schema
+from control.core.audit import Actor
+from control.core.config import Config, load_config
+from control.core.context import Ctx
+from control.core.db import Database
+
+PG_ADMIN_URL = os.environ.get("HUSHGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _pg_url(dbname: str) -> str:
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    return f"{base}/{dbname}"
+
+
+def _pg_exec(sql: str) -> None:
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A migrated PostgreSQL database used as the template of every test database."""
+    name = f"hg_tpl_{uuid.uuid4().hex[:10]}"
+    _pg_exec(f'CREATE DATABASE "{name}"')
+    db = Database(_pg_url(name), pool_size=1)
+    schema.upgrade(db)
+    db.dispose()
+    yield name
+    _pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tpl") / "template.db"
+    db = Database(f"sqlite:///{path}", pool_size=1)
+    schema.upgrade(db)
+    with db.engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.dispose()
+    return path
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh migrated database URL for this test, on the parametrized backend."""
+    if backend == "sqlite":
+        tpl: Path = request.getfixturevalue("sqlite_template")
+        target = tmp_path / "data" / "hushgate.db"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tpl, target)
+        yield f"sqlite:///{target}"
+        return
+    tpl_name: str = request.getfixturevalue("pg_template")
+    name = f"hg_t_{uuid.uuid4().hex[:12]}"
+    _pg_exec(f'CREATE DATABASE "{name}" TEMPLATE "{tpl_name}"')
+    yield _pg_url(name)
+    _pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_config(tmp_path: Path, db_url: str, **overrides: Any) -> Config:
+    """Test configuration: cheap bcrypt, data folder in tmp_path, the given database."""
+    base: dict[str, Any] = {"data_dir": str(tmp_path / "data"),
+                            "database": {"url": db_url},
+                            "auth": {"bcrypt_cost": 4}}
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k] = {**base[k], **v}
+        else:
+            base[k] = v
+    return load_config(overrides=base)
+
+
+@pytest.fixture
+def config(tmp_path: Path, db_url: str) -> Config:
+    return make_config(tmp_path, db_url)
+
+
+@pytest.fixture
+def db(config: Config) -> Iterator[Database]:
+    database = Database.from_config(config)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def admin_actor() -> Actor:
+    return Actor("cli", "test-admin")
+
+
+@pytest.fixture
+def uow(db: Database, config: Config, admin_actor: Actor):
+    """``with uow() as ctx:`` — one committed unit of work as the test admin."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def _uow(actor: Actor | None = None) -> Iterator[Ctx]:
+        with db.transaction() as session:
+            yield Ctx(session, config, actor or admin_actor)
+
+    return _uow
+
+
+@pytest.fixture
+def funded_account(uow):
+    """An active account with 10.00 (10_000_000 minor units) and no keys."""
+    from control.core import accounts, wallet
+
+    with uow() as ctx:
+        account = accounts.create_account(ctx, name="Ada Lovelace", email="ada@example.com",
+                                          company="Analytical", adult_attested=True)
+        wallet.topup(ctx, account.id, 10_000_000, idempotency_key="seed")
+        return account.id
