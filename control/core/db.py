@@ -89,6 +89,16 @@ class Database:
         db = config.raw["database"]
         return cls(config.database_url, pool_size=db["pool_size"], echo=db["echo"])
 
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        """Write-session factory (SQLite: BEGIN IMMEDIATE)."""
+        return self._sessions
+
+    @property
+    def readers(self) -> sessionmaker[Session]:
+        """Read-session factory (SQLite: deferred BEGIN)."""
+        return self._readers
+
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A write unit of work: commits on success, rolls back on any exception."""
