@@ -54,9 +54,7 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tpl") / "template.db"
     db = Database(f"sqlite:///{path}", pool_size=1)
     schema.upgrade(db)
-    with db.engine.connect() as conn:
-        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.dispose()
+    db.dispose()  # the last connection closing checkpoints the WAL into the file
     return path
 
 

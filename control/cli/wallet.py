@@ -43,7 +43,7 @@ def topup(account: str, amount: str, idempotency_key: str | None, reference: str
     click.echo(f"topped up {_fmt(value)}; balance {_fmt(balance)}{note}")
 
 
-@wallet_group.command("adjust")
+@wallet_group.command("adjust", context_settings={"ignore_unknown_options": True})
 @click.argument("account")
 @click.argument("amount")
 @click.option("--reason", required=True, help="Why (required, kept in the ledger and audit).")
@@ -51,7 +51,7 @@ def topup(account: str, amount: str, idempotency_key: str | None, reference: str
 @minor_option
 def adjust(account: str, amount: str, reason: str, idempotency_key: str | None,
            minor: bool) -> None:
-    """Correct a balance by a signed AMOUNT (use -- before a negative amount)."""
+    """Correct a balance by a signed AMOUNT (e.g. -2.50 or 10)."""
     value = _amount(amount, minor, allow_negative=True)
     with state().unit_of_work() as ctx:
         a = accounts.get_account(ctx.session, account)
@@ -67,10 +67,10 @@ def adjust(account: str, amount: str, reason: str, idempotency_key: str | None,
 def balance(account: str, as_json: bool) -> None:
     """Balance, held funds and available funds."""
     with state().reader() as session:
-        a = accounts.get_account(session, account)
-        bal = wallet.get_balance(session, a.id)
+        account_id = accounts.get_account(session, account).id
+        bal = wallet.get_balance(session, account_id)
     if as_json:
-        emit_json({"account_id": a.id, "balance": bal.balance, "held": bal.held,
+        emit_json({"account_id": account_id, "balance": bal.balance, "held": bal.held,
                    "available": bal.available,
                    "currency": state().config.wallet["currency"]})
         return

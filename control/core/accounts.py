@@ -156,7 +156,7 @@ def update_account(ctx: Ctx, account_id: str, **changes: Any) -> Account:
     if changed:
         account.updated_at = utcnow()
         ctx.session.flush()
-        ctx.audit(Action.ACCOUNT_UPDATED, "account", account.id, fields=changed)
+        ctx.audit(Action.ACCOUNT_UPDATED, "account", account.id, fields=sorted(changed))
     return account
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import stat
+import threading
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -231,10 +232,13 @@ class Config:
         return self.raw["smtp"]
 
     _secrets: dict[str, bytes] = field(default_factory=dict, repr=False)
+    _secrets_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def audit_hmac_key(self) -> bytes:
         """The key of the audit chain's HMAC (env, named file, or generated in data_dir)."""
-        if "audit" not in self._secrets:
+        with self._secrets_lock:
+            if "audit" in self._secrets:
+                return self._secrets["audit"]
             s = self.raw["secrets"]
             self._secrets["audit"] = _secret(s.get("audit_hmac_key_env"),
                                              s.get("audit_hmac_key_file"),
@@ -243,7 +247,9 @@ class Config:
 
     def session_secret(self) -> bytes:
         """The Flask session / CSRF secret (env, named file, or generated in data_dir)."""
-        if "session" not in self._secrets:
+        with self._secrets_lock:
+            if "session" in self._secrets:
+                return self._secrets["session"]
             s = self.raw["secrets"]
             self._secrets["session"] = _secret(s.get("session_secret_env"),
                                                s.get("session_secret_file"),
@@ -268,13 +274,20 @@ def _secret(env: str | None, file: str | None, generated: Path) -> bytes:
         raise ConfigError(f"secret file {path} does not exist")
     path.parent.mkdir(parents=True, exist_ok=True)
     value = secrets.token_hex(32).encode()
-    # O_EXCL: two processes starting at once must not overwrite each other's secret.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
-    except FileExistsError:
-        return path.read_bytes().strip()
+    # Write a private temp file, then hard-link it into place: the link is atomic and fails
+    # if another process won the race, in which case its complete secret is used.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
     with os.fdopen(fd, "wb") as fh:
         fh.write(value)
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        value = path.read_bytes().strip()
+    finally:
+        tmp.unlink()
     return value
 
 

@@ -78,6 +78,11 @@ def _credit(ctx: Ctx, account_id: str, amount: int, kind: str, *, idempotency_ke
     if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
         raise ValidationError("idempotency key must be 1 to 200 characters", "idempotency_key")
     phash = _params_hash(kind, amount, reference, reason)
+    ensure_wallet(session, account_id)
+    # Lock the wallet row first: concurrent calls with the same idempotency key queue here
+    # and the later ones then see the first one's committed entry.
+    session.execute(select(Wallet.account_id).where(Wallet.account_id == account_id)
+                    .with_for_update())
     if idempotency_key:
         existing = session.scalar(select(LedgerEntry).where(
             LedgerEntry.account_id == account_id, LedgerEntry.idempotency_key == idempotency_key))
@@ -86,7 +91,6 @@ def _credit(ctx: Ctx, account_id: str, amount: int, kind: str, *, idempotency_ke
                 raise IdempotencyConflict(
                     "idempotency key was already used with different parameters")
             return existing, False
-    ensure_wallet(session, account_id)
     cond = [Wallet.account_id == account_id]
     if amount < 0:
         cond.append(Wallet.balance - Wallet.held + amount >= 0)

@@ -1,0 +1,131 @@
+"""The `hushgate` CLI end to end with CliRunner, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from control.cli import cli
+
+
+@pytest.fixture
+def run(tmp_path, db_url, monkeypatch):
+    cfg = tmp_path / "hushgate.yaml"
+    cfg.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"),
+                                   "database": {"url": db_url}, "auth": {"bcrypt_cost": 4}}))
+    monkeypatch.setenv("HUSHGATE_ADMIN_PASSWORD", "a-long-enough-password")
+    monkeypatch.setenv("HUSHGATE_ACTOR", "tester")
+    runner = CliRunner()
+
+    def _run(*args, ok=True, input=None):
+        result = runner.invoke(cli, ["--config", str(cfg), *args], input=input,
+                               catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, result.output
+        else:
+            assert result.exit_code != 0, result.output
+            assert "Traceback" not in result.output
+            errors = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
+            assert len(errors) == 1, result.output
+        return result
+
+    return _run
+
+
+@pytest.fixture
+def account(run):
+    run("init")
+    out = run("accounts", "create", "--name", "Alan Turing", "--email", "alan@example.com",
+              "--adult", "--json").output
+    return json.loads(out)["id"]
+
+
+def test_init_twice_is_safe(run):
+    first = run("init").output
+    assert "created admin 'admin'" in first
+    second = run("init").output
+    assert "nothing else to do" in second
+
+
+def test_commands_refuse_an_uninitialised_database(tmp_path, monkeypatch):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "d")}))
+    result = CliRunner().invoke(cli, ["--config", str(cfg), "accounts", "list"])
+    assert result.exit_code == 1 and "run `hushgate init`" in result.output
+
+
+def test_tour(run, account):
+    key = json.loads(run("keys", "create", account, "--model", "sim-gpt", "--rpm", "60",
+                         "--json").output)
+    assert key["key"].startswith("hg_") and key["allowed_models"] == ["sim-gpt"]
+    listed = run("keys", "list", "--json").output
+    assert key["key"] not in listed and key["key_id"] in listed
+    run("wallet", "topup", account, "12.50", "--idempotency-key", "inv-1")
+    again = run("wallet", "topup", account, "12.50", "--idempotency-key", "inv-1").output
+    assert "already applied" in again
+    run("wallet", "adjust", account, "-0.5", "--reason", "discount error")
+    bal = json.loads(run("wallet", "balance", account, "--json").output)
+    assert bal["balance"] == 12_000_000 and bal["available"] == 12_000_000
+    hist = json.loads(run("wallet", "history", account, "--json").output)
+    assert [e["kind"] for e in hist] == ["adjustment", "topup"]
+    rotated = json.loads(run("keys", "rotate", key["key_id"], "--json").output)
+    assert rotated["rotated_from"] == key["key_id"]
+    run("keys", "revoke", rotated["key_id"], "--reason", "test")
+    shown = json.loads(run("accounts", "show", "alan@example.com", "--json").output)
+    assert shown["id"] == account
+    run("accounts", "update", account, "--company", "Bletchley", "--opt-out")
+    events = json.loads(run("audit", "list", "--json", "--limit", "100").output)
+    actions = [e["action"] for e in events]
+    assert "account.preferences_updated" in actions and "key.rotated" in actions
+    assert all(e["actor"] == "cli:tester" for e in events)
+    assert "intact" in run("audit", "verify").output
+    assert "deleted account" in run("accounts", "delete", account, "--yes").output
+
+
+@pytest.mark.parametrize("args,message", [
+    (("wallet", "topup", "nobody@example.com", "5"), "unknown account"),
+    (("wallet", "topup", "ACCOUNT", "--", "-5"), "must be positive"),
+    (("wallet", "topup", "ACCOUNT", "0"), "must not be zero"),
+    (("wallet", "topup", "ACCOUNT", "0.0000001"), "fractional"),
+    (("wallet", "topup", "ACCOUNT", "1.5", "--minor"), "fractional"),
+    (("wallet", "topup", "ACCOUNT", "1e40"), "too large"),
+    (("wallet", "topup", "ACCOUNT", "NaN"), "finite"),
+    (("wallet", "topup", "ACCOUNT", "ten"), "not a number"),
+    (("wallet", "adjust", "ACCOUNT", "5", "--reason", " "), "needs a reason"),
+    (("accounts", "create", "--name", "B", "--email", "not-an-email", "--adult"), "malformed"),
+    (("accounts", "create", "--name", "B", "--email", "b@example.com"), "18 or older"),
+    (("accounts", "create", "--name", "B", "--email", "alan@example.com", "--adult"),
+     "already exists"),
+    (("keys", "create", "ACCOUNT", "--model", "gpt-99"), "unknown model 'gpt-99'"),
+    (("keys", "create", "ACCOUNT", "--expires", "2001-01-01"), "expiry is in the past"),
+    (("keys", "create", "ACCOUNT", "--expires", "someday"), "not an ISO date"),
+    (("keys", "revoke", "doesnotexist"), "unknown key"),
+    (("accounts", "update", "ACCOUNT"), "nothing to update"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(run, account, args, message):
+    before = run("audit", "list", "--json", "--limit", "1000").output
+    ledger = run("wallet", "history", account, "--json").output
+    args = tuple(account if a == "ACCOUNT" else a for a in args)
+    result = run(*args, ok=False)
+    assert message in result.output
+    assert run("audit", "list", "--json", "--limit", "1000").output == before
+    assert run("wallet", "history", account, "--json").output == ledger
+
+
+def test_wrong_config_is_one_line(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("proxy:\n  listen_port: -1\n")
+    result = CliRunner().invoke(cli, ["--config", str(cfg), "accounts", "list"])
+    assert result.exit_code == 1
+    assert "proxy.listen_port" in result.output and "Traceback" not in result.output
+
+
+def test_unreachable_database_is_one_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "d"),
+                                   "database": {"url": "postgresql://nobody@127.0.0.1:1/x"}}))
+    result = CliRunner().invoke(cli, ["--config", str(cfg), "accounts", "list"])
+    assert result.exit_code == 1 and "cannot reach the database" in result.output
