@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from control.core.base import BigId, Base, Money, UTCDateTime, created_at, money, uuid_pk
+from control.core.base import Base, BigId, Money, UTCDateTime, created_at, money, uuid_pk
 
 # -- people ---------------------------------------------------------------------------------
 
@@ -37,7 +37,8 @@ class Account(Base):
     name: Mapped[str | None] = mapped_column(String(200))
     email: Mapped[str | None] = mapped_column(String(254), index=True)
     company: Mapped[str | None] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16), default="active")  # active|disabled|deleted|erased
+    # active | disabled | deleted | erased
+    status: Mapped[str] = mapped_column(String(16), default="active")
     adult_attested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     password_hash: Mapped[str | None] = mapped_column(String(100))
     opt_out_non_essential: Mapped[bool] = mapped_column(Boolean, default=False)

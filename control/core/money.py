@@ -21,7 +21,8 @@ def parse_amount(text: str, *, scale: int, max_amount: int, minor: bool = False,
         raise ValidationError(f"{field} must be a finite number", field)
     units = value if minor else value * scale
     if units != units.to_integral_value():
-        what = "a whole number of minor units" if minor else f"at most {len(str(scale)) - 1} decimals"
+        decimals = len(str(scale)) - 1
+        what = "a whole number of minor units" if minor else f"at most {decimals} decimals"
         raise ValidationError(f"{field} {raw[:40]} is fractional: use {what}", field)
     result = int(units)
     if result == 0:
@@ -29,8 +30,8 @@ def parse_amount(text: str, *, scale: int, max_amount: int, minor: bool = False,
     if result < 0 and not allow_negative:
         raise ValidationError(f"{field} must be positive", field)
     if abs(result) > max_amount:
-        raise ValidationError(f"{field} is too large (the limit is {format_amount(max_amount, scale)})",
-                              field)
+        limit = format_amount(max_amount, scale)
+        raise ValidationError(f"{field} is too large (the limit is {limit})", field)
     return result
 
 
