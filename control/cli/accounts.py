@@ -113,4 +113,22 @@ def delete(account: str, yes: bool) -> None:
     click.echo(f"deleted account {account_id}; personal data will be erased within {days} days")
 
 
+@accounts_group.command("erase")
+@click.argument("account")
+@click.option("--yes", is_flag=True, help="Confirm: erasure is irreversible.")
+def erase(account: str, yes: bool) -> None:
+    """Erase an account's personal data now (deleting it first if needed). Ledger entries and
+    statistics stay, linked to a random surrogate."""
+    from control.core import erasure
+
+    if not yes and not click.confirm(f"erase account {account}? This cannot be undone",
+                                     default=False):
+        raise click.ClickException("aborted")
+    with state().unit_of_work() as ctx:
+        a = erasure.erase_account(ctx, accounts.get_account(ctx.session, account).id,
+                                  confirm=True)
+        account_id = a.id
+    click.echo(f"erased account {account_id}")
+
+
 COMMANDS = [accounts_group]

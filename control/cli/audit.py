@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from control.cli.common import emit_json, group, json_option, state
-from control.core import audit
+from control.core import audit, audit_head
 
 audit_group = group("audit", "Read and verify the immutable audit history.")
 
@@ -34,10 +34,18 @@ def list_(action: str | None, target_id: str | None, limit: int, as_json: bool) 
 @audit_group.command("verify")
 @json_option
 def verify(as_json: bool) -> None:
-    """Recompute the HMAC chain; exit 1 naming the first bad event if anything was changed."""
+    """Recompute the HMAC chain and compare it with the head file; exit 1 naming the first bad
+    event if anything was changed or the newest events are missing. Anchors the head."""
     st = state()
+    key, head_path = st.config.audit_hmac_key(), st.config.audit_head_path()
     with st.reader() as session:
-        result = audit.verify(session, st.config.audit_hmac_key())
+        result = audit.verify(session, key, head_path=head_path)
+    if result.ok:
+        try:
+            audit_head.append_head(head_path, key, result.head_seq, result.head_hash)
+        except audit_head.HeadFileError as exc:
+            result = audit.VerifyResult(False, result.checked, result.head_seq,
+                                        result.head_hash, str(exc))
     if as_json:
         emit_json(result.__dict__)
     if not result.ok:
@@ -45,6 +53,22 @@ def verify(as_json: bool) -> None:
     if not as_json:
         click.echo(f"audit chain intact: {result.checked} events, head {result.head_seq} "
                    f"{result.head_hash[:16]}")
+
+
+@audit_group.command("head")
+@json_option
+def head(as_json: bool) -> None:
+    """Print the chain head (event count and hash) and append it to the head file. Copy the
+    line somewhere outside this host to anchor it: a later verify then proves nothing was
+    removed from the end up to that point."""
+    st = state()
+    with st.reader() as session:
+        entry = audit_head.anchor(session, st.config.audit_head_path(),
+                                  st.config.audit_hmac_key())
+    if as_json:
+        emit_json(entry.as_dict())
+        return
+    click.echo(f"{entry.seq} {entry.hash} {entry.at}")
 
 
 COMMANDS = [audit_group]

@@ -16,11 +16,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from control.core import audit_head
 from control.core.base import new_id, utcnow
 from control.core.models import AuditEvent, AuditState
 
@@ -138,6 +140,15 @@ class VerifyResult:
     bad_seq: int | None = None
 
 
+def set_checkpoint(session: Session, key: bytes, seq: int, chain_hash: str) -> None:
+    """Record that events up to ``seq`` (the last with ``chain_hash``) are purged, signed with
+    the audit key so ``verify`` can start from it. Must precede the DELETE in the same
+    transaction: the database refuses to delete events the checkpoint doesn't cover."""
+    session.execute(update(AuditState).where(AuditState.id == 1).values(
+        checkpoint_seq=seq, checkpoint_hash=chain_hash,
+        checkpoint_sig=checkpoint_signature(key, seq, chain_hash)))
+
+
 def iter_events(session: Session, batch: int = 1000,
                 after_seq: int = 0) -> Iterator[AuditEvent]:
     """Stream events in chain order without loading them all."""
@@ -152,11 +163,23 @@ def iter_events(session: Session, batch: int = 1000,
         session.expunge_all()
 
 
-def verify(session: Session, key: bytes) -> VerifyResult:
-    """Recompute the chain from the checkpoint (or genesis) to the recorded head."""
+def verify(session: Session, key: bytes, head_path: Path | None = None) -> VerifyResult:
+    """Recompute the chain from the checkpoint (or genesis) to the recorded head.
+
+    With ``head_path`` (the append-only head file, see ``control.core.audit_head``) the chain
+    must also reach the highest head ever anchored there, with the same hash: this is what
+    detects removal of the newest events by someone who bypassed the database triggers.
+    """
     state = session.get(AuditState, 1)
     if state is None:
         return VerifyResult(False, 0, 0, GENESIS, "audit state row is missing")
+    anchored = None
+    if head_path is not None:
+        try:
+            anchored = audit_head.last_entry(head_path, key)
+        except audit_head.HeadFileError as exc:
+            return VerifyResult(False, 0, state.last_seq, state.last_hash,
+                                f"the head file is not trustworthy: {exc}")
     prev_seq, prev_hash = 0, GENESIS
     if state.checkpoint_seq:
         expected = checkpoint_signature(key, state.checkpoint_seq, state.checkpoint_hash or "")
@@ -187,7 +210,26 @@ def verify(session: Session, key: bytes) -> VerifyResult:
         return VerifyResult(False, checked, head_seq, head_hash,
                             f"the chain ends at event {prev_seq} but the head says {head_seq}",
                             prev_seq + 1)
+    if anchored is not None:
+        problem = _check_anchor(session, state, anchored.seq, anchored.hash)
+        if problem:
+            return VerifyResult(False, checked, head_seq, head_hash, problem,
+                                min(anchored.seq, head_seq + 1))
     return VerifyResult(True, checked, head_seq, head_hash)
+
+
+def _check_anchor(session: Session, state: AuditState, seq: int, chain_hash: str) -> str | None:
+    """Compare the verified chain with the highest head anchored outside the database."""
+    if seq > state.last_seq:
+        return (f"the head file recorded {seq} events but the chain ends at {state.last_seq}:"
+                " the newest events were removed")
+    if seq > state.checkpoint_seq:
+        stored = session.scalar(select(AuditEvent.hash).where(AuditEvent.seq == seq))
+        if stored != chain_hash:
+            return f"event {seq} differs from the head file"
+    elif seq == state.checkpoint_seq and seq and state.checkpoint_hash != chain_hash:
+        return f"the purge checkpoint at event {seq} differs from the head file"
+    return None
 
 
 def list_events(session: Session, *, limit: int = 100, before_seq: int | None = None,

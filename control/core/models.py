@@ -315,3 +315,25 @@ class PolicyVersion(Base):
     last_updated: Mapped[str] = mapped_column(String(10))
     created_at: Mapped[created_at]
     notes: Mapped[str | None] = mapped_column(Text)
+
+
+# -- lifecycle ------------------------------------------------------------------------------
+
+
+class AuditRetentionWindow(Base):
+    """The audit retention window the database itself enforces (see migration 0002).
+
+    Insert-only: triggers refuse UPDATE and DELETE, and refuse a row that shortens the window
+    unless it takes effect no sooner than the current window from now, so plain SQL can never
+    make a recent audit event deletable. The window in force at time T is the ``days`` of the
+    most recently inserted row whose ``effective_at <= T``.
+    """
+
+    __tablename__ = "audit_retention_windows"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    days: Mapped[int] = mapped_column(Integer)
+    effective_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[created_at]
+
+    __table_args__ = (CheckConstraint("days >= 1", name="days"),)

@@ -1,0 +1,120 @@
+"""`hushgate serve`, `hushgate users …` and `hushgate tokens …` (the control plane)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import click
+
+from control.cli.common import emit_json, group, json_option, state
+from control.core import accounts, admin_tokens
+
+
+@click.command("serve")
+@click.option("--host", help="Listen address (default: control.listen_host).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (default: control.listen_port).")
+@click.option("--threads", type=click.IntRange(1, 128), default=8, show_default=True)
+def serve(host: str | None, port: int | None, threads: int) -> None:
+    """Run the control plane (admin UI, portal, API, webhook) on waitress."""
+    from control.web.server import ControlServer
+
+    st = state()
+    st.require_schema()
+    server = ControlServer(st.config, host=host, port=port, threads=threads)
+    shown = server.host if ":" not in server.host else f"[{server.host}]"
+    click.echo(f"control plane on http://{shown}:{server.port}/admin/ "
+               f"(portal /portal/, API /api/v1) — Ctrl-C to stop", err=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+
+
+users_group = group("users", "Control-plane operators (admins and read-only viewers).")
+
+
+@users_group.command("create")
+@click.argument("username")
+@click.option("--role", type=click.Choice(["admin", "viewer"]), default="admin",
+              show_default=True)
+@click.password_option(help="Password (prompted when omitted).")
+def users_create(username: str, role: str, password: str) -> None:
+    """Create an operator who signs in at /admin/."""
+    with state().unit_of_work() as ctx:
+        user = accounts.create_user(ctx, username=username, password=password, role=role)
+        user_id = user.id
+    click.echo(f"created {role} {username} ({user_id})")
+
+
+@users_group.command("list")
+@json_option
+def users_list(as_json: bool) -> None:
+    """List operators."""
+    with state().reader() as session:
+        rows = [admin_tokens.user_dict(u) for u in admin_tokens.list_users(session)]
+    if as_json:
+        emit_json(rows)
+        return
+    for u in rows:
+        flag = " (disabled)" if u["disabled"] else ""
+        click.echo(f"{u['username']:<24} {u['role']:<7} {u['id']}{flag}")
+    if not rows:
+        click.echo("no users")
+
+
+tokens_group = group("tokens", "Admin API tokens (Authorization: Bearer hga_…).")
+
+
+@tokens_group.command("create")
+@click.argument("username")
+@click.option("--scope", type=click.Choice(admin_tokens.SCOPES), default="read",
+              show_default=True)
+@click.option("--name", help="A label for the token.")
+@json_option
+def tokens_create(username: str, scope: str, name: str | None, as_json: bool) -> None:
+    """Issue a token for USERNAME. It is printed once and cannot be shown again."""
+    with state().unit_of_work() as ctx:
+        user = accounts.get_user_by_name(ctx.session, username)
+        if user is None:
+            raise click.ClickException(f"unknown user {username!r}")
+        token, raw = admin_tokens.create_token(ctx, user.id, scope=scope, name=name)
+        data = admin_tokens.token_dict(token)
+    if as_json:
+        emit_json({**data, "token": raw})
+        return
+    click.echo(f"created {scope} token {data['key_id']} for {username}")
+    click.echo(raw)
+    click.echo("store it now: hushgate keeps only a hash and cannot show it again", err=True)
+
+
+@tokens_group.command("list")
+@click.option("--user", "username", help="Only this user's tokens.")
+@json_option
+def tokens_list(username: str | None, as_json: bool) -> None:
+    """List tokens (display prefix only)."""
+    with state().reader() as session:
+        user_id = None
+        if username:
+            user = accounts.get_user_by_name(session, username)
+            if user is None:
+                raise click.ClickException(f"unknown user {username!r}")
+            user_id = user.id
+        rows = [admin_tokens.token_dict(t) for t in admin_tokens.list_tokens(session, user_id)]
+    if as_json:
+        emit_json(rows)
+        return
+    for t in rows:
+        status = "revoked" if t["revoked_at"] else "active"
+        click.echo(f"{t['key_id']}  {t['scope']:<5}  {status:<7}  {t['prefix']}  {t['user_id']}")
+    if not rows:
+        click.echo("no tokens")
+
+
+@tokens_group.command("revoke")
+@click.argument("key_id")
+def tokens_revoke(key_id: str) -> None:
+    """Revoke a token now."""
+    with state().unit_of_work() as ctx:
+        admin_tokens.revoke_token(ctx, key_id)
+    click.echo(f"revoked token {key_id}")
+
+
+COMMANDS = [serve, users_group, tokens_group]

@@ -1,0 +1,454 @@
+"""The JSON admin API at /api/v1, authenticated by admin API tokens (``Bearer hga_…``).
+
+Errors are ``{"error": {"code", "message", "fields"}}``. Money is integer minor units; every
+call that moves money requires an ``Idempotency-Key`` header. Lists paginate with
+``limit`` and ``offset`` (accounts) or a keyset cursor (``before``) for append-only tables.
+The OpenAPI document is ``schemas/openapi.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from control.core import accounts, audit, keys, stats, wallet
+from control.core.admin_tokens import TokenPrincipal
+from control.core.audit import Actor
+from control.core.errors import (
+    Conflict,
+    HushgateError,
+    InsufficientFunds,
+    InvalidKey,
+    NotFound,
+    ValidationError,
+)
+from control.core.records import record_dict
+from control.web import lifecycle
+from control.web.ext import hg
+
+bp = Blueprint("api", __name__)
+MAX_LIMIT = 200
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str,
+                 fields: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.fields = status, code, message, fields or {}
+
+
+def _error(status: int, code: str, message: str,
+           fields: dict[str, str] | None = None) -> tuple[Response, int]:
+    resp = jsonify({"error": {"code": code, "message": message, "fields": fields or {}}})
+    if status == 401:
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="hushgate"'
+    return resp, status
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError) -> tuple[Response, int]:
+    return _error(exc.status, exc.code, exc.message, exc.fields)
+
+
+@bp.errorhandler(HushgateError)
+def _domain_error(exc: HushgateError) -> tuple[Response, int]:
+    if isinstance(exc, ValidationError):
+        return _error(422, exc.code, str(exc), {exc.field: str(exc)} if exc.field else {})
+    if isinstance(exc, NotFound):
+        return _error(404, exc.code, str(exc))
+    if isinstance(exc, Conflict | InsufficientFunds):
+        return _error(409, exc.code, str(exc))
+    if isinstance(exc, InvalidKey):
+        return _error(401, exc.code, str(exc))
+    return _error(400, exc.code, str(exc))
+
+
+@bp.errorhandler(lifecycle.Unavailable)
+def _unavailable(exc: lifecycle.Unavailable) -> tuple[Response, int]:
+    return _error(501, "not_implemented", str(exc))
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> tuple[Response, int]:
+    code = (exc.name or "error").lower().replace(" ", "_")
+    return _error(exc.code or 500, code, exc.description or exc.name or "error")
+
+
+@bp.before_request
+def _authenticate() -> None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, raw = header.partition(" ")
+    if scheme.lower() != "bearer" or not raw.strip():
+        raise ApiError(401, "unauthorized", "an admin API token is required "
+                                            "(Authorization: Bearer hga_…)")
+    with hg().reader() as db:
+        try:
+            principal = hg().verifier.verify(db, raw.strip())
+        except InvalidKey as exc:
+            raise ApiError(401, "invalid_token", str(exc)) from None
+    g.api = principal
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not principal.can_write:
+        raise ApiError(403, "forbidden", "this token has read scope only")
+
+
+def _actor() -> Actor:
+    principal: TokenPrincipal = g.api
+    return Actor("api", principal.token_id)
+
+
+# -- input helpers --------------------------------------------------------------------------
+
+
+def _body(allowed: dict[str, type | tuple[type, ...]], required: tuple[str, ...] = ()
+          ) -> dict[str, Any]:
+    data = request.get_json(silent=True)
+    if data is None and not request.data:
+        data = {}
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_request", "the body must be a JSON object")
+    fields: dict[str, str] = {}
+    for name in data:
+        if name not in allowed:
+            fields[name] = "unknown field"
+    for name, typ in allowed.items():
+        if name in data and data[name] is not None:
+            value = data[name]
+            bad_bool = isinstance(value, bool) and typ in (int, (int, type(None)))
+            if not isinstance(value, typ) or bad_bool:
+                fields[name] = f"must be {_type_name(typ)}"
+    for name in required:
+        if data.get(name) is None:
+            fields[name] = "required"
+    if fields:
+        raise ApiError(422, "invalid_request", "the request body is invalid", fields)
+    return data
+
+
+def _type_name(typ: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", bool: "a boolean", list: "an array"}
+    if isinstance(typ, tuple):
+        return " or ".join(names.get(t, t.__name__) for t in typ)
+    return names.get(typ, typ.__name__)
+
+
+def _limit(default: int = 50) -> int:
+    raw = request.args.get("limit")
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "bad_request", "limit must be an integer",
+                       {"limit": "must be an integer"}) from None
+    if not 1 <= value <= MAX_LIMIT:
+        raise ApiError(400, "bad_request", f"limit must be 1..{MAX_LIMIT}",
+                       {"limit": f"must be between 1 and {MAX_LIMIT}"})
+    return value
+
+
+def _int_arg(name: str, minimum: int = 0) -> int | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "bad_request", f"{name} must be an integer",
+                       {name: "must be an integer"}) from None
+    if value < minimum or value > 2**62:
+        raise ApiError(400, "bad_request", f"{name} is out of range", {name: "out of range"})
+    return value
+
+
+def _str_arg(name: str, max_len: int = 100) -> str | None:
+    value = request.args.get(name)
+    if value is None or value == "":
+        return None
+    if len(value) > max_len:
+        raise ApiError(400, "bad_request", f"{name} is too long", {name: "too long"})
+    return value
+
+
+def _idempotency_key() -> str:
+    key = request.headers.get("Idempotency-Key", "").strip()
+    if not key:
+        raise ApiError(400, "idempotency_key_required",
+                       "calls that move money need an Idempotency-Key header",
+                       {"Idempotency-Key": "required"})
+    if len(key) > 200:
+        raise ApiError(400, "bad_request", "Idempotency-Key is too long",
+                       {"Idempotency-Key": "at most 200 characters"})
+    return "api:" + key
+
+
+def _datetime(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise ApiError(422, "invalid_request", f"{name} is not an ISO 8601 datetime",
+                       {name: "must be an ISO 8601 date-time"}) from None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
+
+
+def _account_id(account_id: str) -> str:
+    if len(account_id) > 32:
+        raise ApiError(404, "not_found", "unknown account")
+    return account_id
+
+
+# -- routes ---------------------------------------------------------------------------------
+
+
+@bp.get("/me")
+def me() -> Any:
+    p: TokenPrincipal = g.api
+    return {"token_id": p.token_id, "user_id": p.user_id, "username": p.username,
+            "scope": p.scope, "role": p.role}
+
+
+@bp.get("/accounts")
+def account_list() -> Any:
+    limit, offset = _limit(), _int_arg("offset") or 0
+    status = _str_arg("status", 16)
+    if status not in (None, "active", "disabled", "deleted", "erased"):
+        raise ApiError(400, "bad_request", "unknown status", {"status": "unknown status"})
+    with hg().reader() as db:
+        rows = accounts.list_accounts(db, search=_str_arg("q"), status=status,
+                                      limit=limit + 1, offset=offset)
+    return {"items": [accounts.account_dict(a) for a in rows[:limit]],
+            "next_offset": offset + limit if len(rows) > limit else None}
+
+
+@bp.post("/accounts")
+def account_create() -> Any:
+    data = _body({"name": str, "email": str, "company": str, "adult_attested": bool,
+                  "opt_out_non_essential": bool}, ("name", "email", "adult_attested"))
+    with hg().uow(_actor()) as ctx:
+        account = accounts.create_account(
+            ctx, name=data["name"], email=data["email"], company=data.get("company"),
+            adult_attested=data["adult_attested"],
+            opt_out_non_essential=bool(data.get("opt_out_non_essential")))
+        out = accounts.account_dict(account)
+    return out, 201
+
+
+@bp.get("/accounts/<account_id>")
+def account_get(account_id: str) -> Any:
+    with hg().reader() as db:
+        return accounts.account_dict(accounts.get_account(db, _account_id(account_id)))
+
+
+@bp.patch("/accounts/<account_id>")
+def account_update(account_id: str) -> Any:
+    data = _body({"name": str, "email": str, "company": str})
+    with hg().uow(_actor()) as ctx:
+        account = accounts.update_account(ctx, _account_id(account_id), **data)
+        return accounts.account_dict(account)
+
+
+@bp.post("/accounts/<account_id>/status")
+def account_status(account_id: str) -> Any:
+    data = _body({"status": str}, ("status",))
+    from control.core import sessions
+
+    with hg().uow(_actor()) as ctx:
+        account = accounts.set_account_status(ctx, _account_id(account_id), data["status"])
+        if account.status == "disabled":
+            sessions.revoke_principal(ctx, "account", account.id)
+        return accounts.account_dict(account)
+
+
+@bp.delete("/accounts/<account_id>")
+def account_delete(account_id: str) -> Any:
+    with hg().uow(_actor()) as ctx:
+        was_live = accounts.get_account(ctx.session, _account_id(account_id)).status in (
+            "active", "disabled")
+        account = accounts.delete_account(ctx, account_id)
+        if was_live:
+            lifecycle.notify(ctx, account.id, "account_deleted",
+                             days=ctx.config.retention["deleted_account_erasure_days"])
+        return accounts.account_dict(account)
+
+
+@bp.post("/accounts/<account_id>/erase")
+def account_erase(account_id: str) -> Any:
+    data = _body({"confirm": bool}, ("confirm",))
+    erasure = lifecycle.require("erasure")
+    with hg().uow(_actor()) as ctx:
+        erasure.erase_account(ctx, _account_id(account_id), confirm=data["confirm"])
+        return accounts.account_dict(accounts.get_account(ctx.session, account_id))
+
+
+@bp.get("/accounts/<account_id>/export")
+def account_export(account_id: str) -> Any:
+    mod = lifecycle.require("export")
+    with hg().uow(_actor()) as ctx:
+        aid = mod.audit_export(ctx, _account_id(account_id), via="api")
+    config, db = hg().config, hg().db
+
+    def chunks() -> Iterator[str]:
+        with db.read_transaction() as session:
+            yield from mod.iter_export(session, config, aid)
+
+    return Response(chunks(), mimetype="application/json", headers={
+        "Content-Disposition": f'attachment; filename="hushgate-export-{aid}.json"'})
+
+
+@bp.get("/accounts/<account_id>/keys")
+def key_list(account_id: str) -> Any:
+    with hg().reader() as db:
+        account = accounts.get_account(db, _account_id(account_id))
+        return {"items": [keys.key_dict(k) for k in keys.list_keys(db, account.id)]}
+
+
+@bp.post("/accounts/<account_id>/keys")
+def key_create(account_id: str) -> Any:
+    data = _body({"name": str, "allowed_models": list, "expires_at": str, "rpm_limit": int,
+                  "tpm_limit": int, "budget": int})
+    models = data.get("allowed_models")
+    if models is not None and not all(isinstance(m, str) for m in models):
+        raise ApiError(422, "invalid_request", "allowed_models must be strings",
+                       {"allowed_models": "must be an array of strings"})
+    with hg().uow(_actor()) as ctx:
+        key, raw = keys.create_key(ctx, _account_id(account_id), name=data.get("name"),
+                                   allowed_models=models,
+                                   expires_at=_datetime(data.get("expires_at"), "expires_at"),
+                                   rpm_limit=data.get("rpm_limit"),
+                                   tpm_limit=data.get("tpm_limit"), budget=data.get("budget"))
+        lifecycle.notify(ctx, key.account_id, "key_created", key_id=key.key_id)
+        return {**keys.key_dict(key), "key": raw}, 201
+
+
+@bp.get("/keys/<key_id>")
+def key_get(key_id: str) -> Any:
+    with hg().reader() as db:
+        return keys.key_dict(keys.get_key(db, key_id))
+
+
+@bp.post("/keys/<key_id>/revoke")
+def key_revoke(key_id: str) -> Any:
+    data = _body({"reason": str})
+    with hg().uow(_actor()) as ctx:
+        key = keys.get_key(ctx.session, key_id)
+        was_active = key.status == "active"
+        keys.revoke_key(ctx, key_id, reason=data.get("reason"))
+        if was_active:
+            lifecycle.notify(ctx, key.account_id, "key_revoked", key_id=key.key_id)
+        return keys.key_dict(key)
+
+
+@bp.post("/keys/<key_id>/rotate")
+def key_rotate(key_id: str) -> Any:
+    data = _body({"grace_seconds": int})
+    with hg().uow(_actor()) as ctx:
+        key, raw = keys.rotate_key(ctx, key_id, grace_seconds=data.get("grace_seconds") or 0)
+        lifecycle.notify(ctx, key.account_id, "key_created", key_id=key.key_id)
+        return {**keys.key_dict(key), "key": raw}, 201
+
+
+def _wallet_dict(db: Any, account_id: str) -> dict[str, Any]:
+    b = wallet.get_balance(db, account_id)
+    return {"account_id": account_id, "balance": b.balance, "held": b.held,
+            "available": b.available, "currency": hg().config.wallet["currency"],
+            "minor_unit_scale": hg().config.wallet["minor_unit_scale"]}
+
+
+@bp.get("/accounts/<account_id>/wallet")
+def wallet_get(account_id: str) -> Any:
+    with hg().reader() as db:
+        return _wallet_dict(db, _account_id(account_id))
+
+
+@bp.get("/accounts/<account_id>/ledger")
+def ledger(account_id: str) -> Any:
+    limit, before = _limit(), _int_arg("before")
+    with hg().reader() as db:
+        account = accounts.get_account(db, _account_id(account_id))
+        rows = wallet.history(db, account.id, limit=limit, before_id=before)
+    return {"items": [wallet.entry_dict(e) for e in rows],
+            "next_before": rows[-1].id if len(rows) == limit else None}
+
+
+def _money_result(entry: Any, created: bool, account_id: str) -> Any:
+    with hg().reader() as db:
+        body = {"entry": wallet.entry_dict(entry), "created": created,
+                "wallet": _wallet_dict(db, account_id)}
+    return body, 201 if created else 200
+
+
+@bp.post("/accounts/<account_id>/wallet/topup")
+def wallet_topup(account_id: str) -> Any:
+    idem = _idempotency_key()
+    data = _body({"amount": int, "reference": str}, ("amount",))
+    with hg().uow(_actor()) as ctx:
+        entry, created = wallet.topup(ctx, _account_id(account_id), data["amount"],
+                                      idempotency_key=idem, reference=data.get("reference"))
+    return _money_result(entry, created, account_id)
+
+
+@bp.post("/accounts/<account_id>/wallet/adjust")
+def wallet_adjust(account_id: str) -> Any:
+    idem = _idempotency_key()
+    data = _body({"amount": int, "reason": str}, ("amount", "reason"))
+    with hg().uow(_actor()) as ctx:
+        entry, created = wallet.adjust(ctx, _account_id(account_id), data["amount"],
+                                       reason=data["reason"], idempotency_key=idem)
+    return _money_result(entry, created, account_id)
+
+
+@bp.get("/audit/events")
+def audit_events() -> Any:
+    limit, before = _limit(), _int_arg("before")
+    with hg().reader() as db:
+        rows = audit.list_events(db, limit=limit, before_seq=before, action=_str_arg("action"),
+                                 target_id=_str_arg("target_id"), actor=_str_arg("actor"))
+    return {"items": [audit.event_dict(e) for e in rows],
+            "next_before": rows[-1].seq if len(rows) == limit else None}
+
+
+@bp.get("/audit/verify")
+def audit_verify() -> Any:
+    with hg().reader() as db:
+        r = audit.verify(db, hg().config.audit_hmac_key())
+    return {"ok": r.ok, "checked": r.checked, "head_seq": r.head_seq, "head_hash": r.head_hash,
+            "problem": r.problem, "bad_seq": r.bad_seq}
+
+
+@bp.get("/stats")
+def stats_get() -> Any:
+    window = _str_arg("window", 8) or stats.DEFAULT_WINDOW
+    account_id = _str_arg("account_id", 32)
+    with hg().reader() as db:
+        return stats.dashboard(db, window=window, account_id=account_id).as_dict()
+
+
+@bp.get("/records")
+def records() -> Any:
+    limit, before = _limit(), _int_arg("before")
+    with hg().reader() as db:
+        rows = stats.recent_records(db, limit=limit, before_id=before,
+                                    account_id=_str_arg("account_id", 32))
+        items = [{"id": r.id, **record_dict(r)} for r in rows]
+    return {"items": items, "next_before": rows[-1].id if len(rows) == limit else None}
+
+
+@bp.get("/retention")
+def retention_get() -> Any:
+    mod = lifecycle.require("retention")
+    with hg().reader() as db:
+        return {"windows": hg().config.retention, "status": mod.retention_status(db, hg().config)}
+
+
+@bp.post("/retention/run")
+def retention_run() -> Any:
+    data = _body({"dry_run": bool})
+    mod = lifecycle.require("retention")
+    report = mod.run_retention(hg().db, hg().config, dry_run=bool(data.get("dry_run")),
+                               actor=_actor())
+    return {"result": report.as_dict(), "summary": str(report)}

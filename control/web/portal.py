@@ -1,0 +1,241 @@
+"""The account holders' portal (blueprint ``portal`` under /portal): the policy's rights —
+access, correction, export, deletion, opting out — plus their keys, usage and wallet."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    flash,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
+
+from control.core import accounts, audit, keys, sessions, stats, wallet
+from control.core.errors import HushgateError, NotFound, ValidationError
+from control.web import lifecycle
+from control.web.admin import dashboard_charts
+from control.web.auth import account_actor, account_required, begin, current_account, finish
+from control.web.ext import hg
+from control.web.forms import error_status, errors_of, field
+
+bp = Blueprint("portal", __name__, template_folder="templates")
+PAGE = 50
+PROFILE = ("name", "email", "company")
+
+
+@bp.context_processor
+def _inject() -> dict[str, Any]:
+    return {"account": current_account(), "area": "portal"}
+
+
+@bp.route("/signup", methods=["GET", "POST"])
+def signup() -> Any:
+    age = hg().config.policy.get("minimum_age", 18)
+    if request.method == "GET":
+        return render_template("portal/signup.html", form={}, errors={}, age=age)
+    form = {k: field(k, 300) for k in PROFILE}
+    password = request.form.get("password") or ""
+    try:
+        if password != (request.form.get("password2") or ""):
+            raise ValidationError("the two passwords differ", "password2")
+        with hg().db.transaction() as db:
+            account = accounts.create_account(
+                _ctx(db, audit.Actor("account", "signup")), **form,
+                adult_attested=request.form.get("adult") == "yes", password=password,
+                opt_out_non_essential=request.form.get("opt_out") == "yes")
+            token = sessions.start(db, "account", account.id)
+            account_id = account.id
+    except HushgateError as exc:
+        return render_template("portal/signup.html", form=form, errors=errors_of(exc),
+                               age=age), error_status(exc)
+    begin(token, "account", account_id)
+    flash("Welcome! Your account is ready.")
+    return redirect(url_for("portal.home"))
+
+
+def _ctx(db: Any, actor: audit.Actor) -> Any:
+    from control.core.context import Ctx
+
+    return Ctx(db, hg().config, actor)
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    if request.method == "GET":
+        return render_template("portal/login.html", errors={})
+    error: HushgateError | None = None
+    with hg().db.transaction() as db:
+        try:
+            token, account_id = sessions.sign_in(db, hg().config, "account",
+                                                 field("email", 254),
+                                                 request.form.get("password") or "")
+        except (sessions.SignInRefused, sessions.SignInThrottled) as exc:
+            error = exc
+    if error is not None:
+        status = 429 if isinstance(error, sessions.SignInThrottled) else 401
+        return render_template("portal/login.html", errors={"_": str(error)}), status
+    begin(token, "account", account_id)
+    return redirect(url_for("portal.home"))
+
+
+@bp.post("/logout")
+def logout() -> Any:
+    finish()
+    return redirect(url_for("portal.login"))
+
+
+def _me() -> Any:
+    account = current_account()
+    assert account is not None
+    return account
+
+
+@bp.get("/")
+def home() -> Any:
+    account = current_account()
+    if account is None:
+        return render_template("portal/welcome.html")
+    with hg().reader() as db:
+        balance = wallet.get_balance(db, account.id)
+        d = stats.dashboard(db, window="30d", account_id=account.id)
+        recent = stats.recent_records(db, limit=10, account_id=account.id)
+    return render_template("portal/home.html", balance=balance, d=d, charts=dashboard_charts(d),
+                           recent=recent)
+
+
+@bp.get("/keys")
+@account_required
+def key_list() -> Any:
+    return _keys_page()
+
+
+def _keys_page(new_key: str | None = None, errors: dict[str, str] | None = None,
+               status: int = 200) -> Any:
+    with hg().reader() as db:
+        rows = keys.list_keys(db, _me().id)
+    return render_template("portal/keys.html", keys=rows, new_key=new_key, errors=errors or {},
+                           models=sorted(hg().config.models)), status
+
+
+@bp.post("/keys")
+@account_required
+def key_create() -> Any:
+    try:
+        with hg().uow(account_actor()) as ctx:
+            key, raw = keys.create_key(ctx, _me().id, name=field("name", 100) or None,
+                                       allowed_models=request.form.getlist("models") or None)
+            lifecycle.notify(ctx, key.account_id, "key_created", key_id=key.key_id)
+    except HushgateError as exc:
+        return _keys_page(errors=errors_of(exc), status=error_status(exc))
+    return _keys_page(new_key=raw)
+
+
+@bp.post("/keys/<key_id>/revoke")
+@account_required
+def key_revoke(key_id: str) -> Any:
+    with hg().reader() as db:
+        try:
+            key = keys.get_key(db, key_id)
+        except NotFound:
+            abort(404)
+    if key.account_id != _me().id:
+        abort(404)
+    with hg().uow(account_actor()) as ctx:
+        keys.revoke_key(ctx, key_id, reason="revoked by the account holder")
+        lifecycle.notify(ctx, key.account_id, "key_revoked", key_id=key_id)
+    flash(f"Key {key_id} revoked.")
+    return redirect(url_for("portal.key_list"))
+
+
+@bp.get("/ledger")
+@account_required
+def ledger() -> Any:
+    before = request.args.get("before", type=int)
+    with hg().reader() as db:
+        balance = wallet.get_balance(db, _me().id)
+        rows = wallet.history(db, _me().id, limit=PAGE, before_id=before)
+    return render_template("portal/ledger.html", balance=balance, rows=rows,
+                           next_before=rows[-1].id if len(rows) == PAGE else None)
+
+
+@bp.get("/export")
+@account_required
+def export_page() -> Any:
+    return render_template("portal/export.html",
+                           available=lifecycle.service("export") is not None)
+
+
+@bp.post("/export")
+@account_required
+def export_download() -> Any:
+    mod = lifecycle.service("export")
+    if mod is None:
+        abort(404)
+    account_id = _me().id
+    with hg().uow(account_actor()) as ctx:
+        mod.audit_export(ctx, account_id, via="portal")
+    config, db = hg().config, hg().db
+
+    def chunks() -> Iterator[str]:
+        with db.read_transaction() as session:
+            yield from mod.iter_export(session, config, account_id)
+
+    return Response(stream_with_context(chunks()), mimetype="application/json", headers={
+        "Content-Disposition": f'attachment; filename="hushgate-export-{account_id}.json"'})
+
+
+@bp.route("/profile", methods=["GET", "POST"])
+@account_required
+def profile() -> Any:
+    me = _me()
+    if request.method == "GET":
+        form = {k: getattr(me, k) for k in PROFILE}
+        return render_template("portal/profile.html", form=form, errors={})
+    form = {k: field(k, 300) for k in PROFILE}
+    try:
+        with hg().uow(account_actor()) as ctx:
+            accounts.update_account(ctx, me.id, **form)
+    except HushgateError as exc:
+        return render_template("portal/profile.html", form=form,
+                               errors=errors_of(exc)), error_status(exc)
+    flash("Profile updated.")
+    return redirect(url_for("portal.profile"))
+
+
+@bp.post("/preferences")
+@account_required
+def preferences() -> Any:
+    with hg().uow(account_actor()) as ctx:
+        accounts.set_preferences(ctx, _me().id,
+                                 opt_out_non_essential=request.form.get("opt_out") == "yes")
+    flash("Communication preferences saved.")
+    return redirect(url_for("portal.profile"))
+
+
+@bp.route("/delete", methods=["GET", "POST"])
+@account_required
+def delete() -> Any:
+    if request.method == "GET":
+        return render_template("portal/delete.html", errors={})
+    me = _me()
+    errors = {}
+    if request.form.get("confirm") != "yes":
+        errors["confirm"] = "tick the box to confirm"
+    if not accounts.check_password(request.form.get("password") or "", me.password_hash):
+        errors["password"] = "the password is wrong"
+    if errors:
+        return render_template("portal/delete.html", errors=errors), 422
+    days = hg().config.retention["deleted_account_erasure_days"]
+    with hg().uow(account_actor()) as ctx:
+        accounts.delete_account(ctx, me.id)
+        lifecycle.notify(ctx, me.id, "account_deleted", days=days)
+    finish()
+    return render_template("portal/deleted.html", days=days, account=None)

@@ -1,0 +1,71 @@
+"""Step 1 — authenticate: the hushgate key from ``Authorization: Bearer`` or ``x-api-key``.
+
+The key is checked by ``control.core.keys.KeyAuthenticator`` (bcrypt once, then an
+in-memory cache keyed by an HMAC of the key; revocations polled from the database) on a
+worker thread. Requests per minute are limited here; the key's other scopes are checked by
+the steps that know the model and the cost.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from control.core import keys
+from control.core.errors import AccountInactive, InvalidKey, KeyExpired, KeyRevoked
+from proxy_addons.services import Services
+from proxy_addons.state import FlowState, Refusal, request_step
+
+
+def extract_key(headers: http.Headers) -> str | None:
+    """The presented key, or None. ``Authorization`` wins over ``x-api-key``."""
+    auth = headers.get("authorization")
+    if auth is not None:
+        scheme, _, value = auth.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return ""
+        return value.strip()
+    value = headers.get("x-api-key")
+    return value.strip() if value is not None else None
+
+
+def refusal_for_key_error(exc: InvalidKey) -> Refusal:
+    if isinstance(exc, KeyExpired):
+        return Refusal(401, "key_expired", "this API key has expired")
+    if isinstance(exc, KeyRevoked):
+        return Refusal(401, "key_revoked", "this API key has been revoked")
+    if isinstance(exc, AccountInactive):
+        return Refusal(401, "account_inactive", "the account of this API key is not active")
+    return Refusal(401, "invalid_api_key", "invalid API key")
+
+
+class Authenticate:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    @request_step
+    async def request(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        raw = extract_key(flow.request.headers)
+        if raw is None:
+            raise Refusal(401, "missing_api_key",
+                          "no API key: send it as 'Authorization: Bearer <key>' or 'x-api-key'")
+        try:
+            parsed = keys.parse(raw)
+        except InvalidKey as exc:
+            raise refusal_for_key_error(exc) from None
+        try:
+            principal = await self.services.blocking(self.services.authenticator.authenticate,
+                                                     raw)
+        except InvalidKey as exc:
+            if isinstance(exc, KeyExpired | KeyRevoked | AccountInactive):
+                state.key_id = parsed.key_id  # the key exists: its id is safe metadata
+            raise refusal_for_key_error(exc) from None
+        finally:
+            del raw
+        state.key_id, state.account_id = principal.key_id, principal.account_id
+        state.principal = principal
+        if principal.rpm_limit is not None:
+            wait = self.services.rpm.try_acquire(principal.key_id, principal.rpm_limit)
+            if wait is not None:
+                raise Refusal(429, "rate_limited", "this API key's requests-per-minute limit "
+                              "is reached", retry_after=wait)
+        state.authenticated = True

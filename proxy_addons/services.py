@@ -1,0 +1,95 @@
+"""What the pipeline's steps share: configuration, database, authenticator, limits, writer.
+
+Built once per proxy process by :func:`build_services`; nothing happens at import time.
+Blocking work (bcrypt, database) runs on ``executor`` (sized like the connection pool) so a
+slow query never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from control.core.config import Config
+from control.core.db import Database
+from control.core.keys import KeyAuthenticator
+from proxy_addons.limits import SlidingWindow
+from proxy_addons.writer import RecordWriter
+
+T = TypeVar("T")
+
+
+@dataclass
+class Services:
+    config: Config
+    db: Database
+    authenticator: KeyAuthenticator
+    writer: RecordWriter
+    executor: ThreadPoolExecutor
+    rpm: SlidingWindow = field(default_factory=SlidingWindow)
+    tpm: SlidingWindow = field(default_factory=SlidingWindow)
+    privacy_key: bytes = b""
+    owns_db: bool = True
+    in_flight: int = 0  # flows with state and no record yet (event-loop thread only)
+
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking work (bcrypt, SQL) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def client_ip(self, peer: str | None) -> str | None:
+        return privacy_ip(self.config.privacy.get("client_ip", "off"), peer, self.privacy_key)
+
+    def user_agent(self, ua: str | None) -> str | None:
+        if self.config.privacy.get("user_agent", "off") != "hashed" or not ua:
+            return None
+        return hmac.new(self.privacy_key, ua.encode("utf-8", "replace"),
+                        hashlib.sha256).hexdigest()[:16]
+
+    def close(self) -> None:
+        self.writer.close()
+        self.executor.shutdown(wait=True, cancel_futures=False)
+        if self.owns_db:
+            self.db.dispose()
+
+
+def privacy_ip(mode: str, peer: str | None, key: bytes) -> str | None:
+    """The client IP as ``privacy.client_ip`` allows: off, truncated (/24, /48) or hashed."""
+    if mode == "off" or not peer:
+        return None
+    try:
+        ip = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    if mode == "hashed":
+        return "h:" + hmac.new(key, ip.packed, hashlib.sha256).hexdigest()[:32]
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+def build_services(config: Config, db: Database | None = None) -> Services:
+    """Everything the pipeline needs, from the configuration."""
+    owns = db is None
+    db = db or Database.from_config(config)
+    auth = config.auth
+    authenticator = KeyAuthenticator(
+        db.readers, bcrypt_cost=auth["bcrypt_cost"], ttl_seconds=auth["key_cache_ttl_seconds"],
+        poll_seconds=auth["revocation_poll_ms"] / 1000)
+    proxy = config.proxy
+    writer = RecordWriter(db, batch_size=proxy["record_batch_size"],
+                          flush_ms=proxy["record_flush_ms"], jsonl_path=proxy["records_jsonl"])
+    workers = max(4, config.raw["database"]["pool_size"])
+    key = b""
+    privacy = config.privacy
+    if privacy.get("client_ip") == "hashed" or privacy.get("user_agent") == "hashed":
+        key = hmac.new(config.audit_hmac_key(), b"hushgate:privacy", hashlib.sha256).digest()
+    return Services(config=config, db=db, authenticator=authenticator, writer=writer,
+                    executor=ThreadPoolExecutor(workers, thread_name_prefix="hushgate-db"),
+                    privacy_key=key, owns_db=owns)

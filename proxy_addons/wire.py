@@ -1,0 +1,100 @@
+"""Wire formats: which endpoints hushgate serves, and its errors in each provider's format.
+
+Errors are always hushgate's own JSON: they never carry provider error text or upstream
+bytes. OpenAI: ``{"error": {"message", "type", "code", "param"}}``; Anthropic:
+``{"type": "error", "error": {"type", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from mitmproxy import http
+from mitmproxy.http import Headers
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str  # as in the record and config ("chat.completions", "messages", "models")
+    api_format: str
+    method: str
+
+
+ENDPOINTS: dict[str, Endpoint] = {
+    "/v1/chat/completions": Endpoint("chat.completions", "openai", "POST"),
+    "/v1/completions": Endpoint("completions", "openai", "POST"),
+    "/v1/embeddings": Endpoint("embeddings", "openai", "POST"),
+    "/v1/responses": Endpoint("responses", "openai", "POST"),
+    "/v1/messages": Endpoint("messages", "anthropic", "POST"),
+    "/v1/models": Endpoint("models", "openai", "GET"),
+}
+
+#: The OpenAI error ``type`` for a status (Anthropic uses its own names below).
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                 402: "insufficient_quota", 403: "permission_error", 404: "not_found_error",
+                 405: "invalid_request_error", 413: "invalid_request_error",
+                 429: "rate_limit_error"}
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                    402: "billing_error", 403: "permission_error", 404: "not_found_error",
+                    405: "invalid_request_error", 413: "request_too_large",
+                    429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
+
+
+def classify(path: str) -> Endpoint | None:
+    """The endpoint of a request path (query string ignored), or None."""
+    return ENDPOINTS.get(path.split("?", 1)[0].rstrip("/") or "/")
+
+
+def guess_format(headers: Headers) -> str:
+    """The wire format a client speaks, for errors on unknown paths."""
+    if "anthropic-version" in headers or "x-api-key" in headers:
+        return "anthropic"
+    return "openai"
+
+
+def error_body(api_format: str, status: int, code: str, message: str) -> dict:
+    if api_format == "anthropic":
+        kind = _ANTHROPIC_TYPES.get(status, "api_error")
+        return {"type": "error", "error": {"type": kind, "message": message}}
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "code": code, "param": None}}
+
+
+def json_response(status: int, body: dict, *, request_id: str | None = None,
+                  extra: dict[str, str] | None = None) -> http.Response:
+    headers = {"content-type": "application/json", "cache-control": "no-store"}
+    if request_id:
+        headers["x-hushgate-request-id"] = request_id
+    headers.update(extra or {})
+    return http.Response.make(status, json.dumps(body, separators=(",", ":")).encode(), headers)
+
+
+def error_response(api_format: str, status: int, code: str, message: str, *,
+                   request_id: str | None = None, retry_after: int | None = None
+                   ) -> http.Response:
+    """A hushgate error response in the endpoint's wire format."""
+    extra = {"retry-after": str(retry_after)} if retry_after is not None else None
+    return json_response(status, error_body(api_format, status, code, message),
+                         request_id=request_id, extra=extra)
+
+
+#: Generic messages for provider failures: the provider's own text is never passed on.
+UPSTREAM_MESSAGES = {
+    400: "the provider rejected the request as invalid",
+    401: "the provider refused the operator's credentials",
+    403: "the provider refused the request",
+    404: "the provider does not know this resource",
+    408: "the provider timed out",
+    413: "the provider refused the request size",
+    422: "the provider could not process the request",
+    429: "the provider is rate limiting; retry later",
+}
+
+
+def upstream_error_message(status: int) -> str:
+    if status in UPSTREAM_MESSAGES:
+        return UPSTREAM_MESSAGES[status]
+    if status >= 500:
+        return "the provider failed to answer"
+    return "the provider returned an error"

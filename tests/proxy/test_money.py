@@ -1,0 +1,85 @@
+"""Reserve-then-settle through the proxy: refusals, budgets, limits, and a race for the
+last funds."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+from proxy_helpers import post
+
+from control.core.money import cost_of
+from proxy_addons.reserve import input_estimate
+
+
+def body(max_tokens: int = 10) -> bytes:
+    return json.dumps({"model": "gpt-test", "max_tokens": max_tokens,
+                       "messages": [{"role": "user", "content": "race"}]}).encode()
+
+
+def headers(key: str) -> dict[str, str]:
+    return {"content-type": "application/json", "authorization": f"Bearer {key}"}
+
+
+def test_insufficient_balance_402(make_gateway):
+    gw = make_gateway(balance=5)
+    status, answer = post(gw.port, "/v1/chat/completions", body(), headers(gw.key))
+    assert status == 402 and answer["error"]["code"] == "insufficient_funds"
+    assert gw.sim.requests == []
+    rec = gw.last_record()
+    assert (rec["status"], rec["error_type"], rec["cost"]) == (402, "insufficient_funds", 0)
+    assert gw.assert_books_balance().balance == 5
+
+
+def test_key_budget_402(gateway):
+    _, key = gateway.new_key(budget=10)
+    status, answer = post(gateway.port, "/v1/chat/completions", body(), headers(key))
+    assert status == 402 and answer["error"]["code"] == "budget_exceeded"
+    assert gateway.sim.requests == []
+    assert gateway.assert_books_balance().balance == 10_000_000
+
+
+def test_rpm_limit_429_with_retry_after(gateway):
+    import http.client
+
+    _, key = gateway.new_key(rpm_limit=2)
+    statuses = []
+    for _ in range(3):
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        conn.request("POST", "/v1/chat/completions", body=body(), headers=headers(key))
+        resp = conn.getresponse()
+        resp.read()
+        statuses.append((resp.status, resp.getheader("retry-after")))
+        conn.close()
+    assert [s for s, _ in statuses] == [200, 200, 429]
+    assert int(statuses[2][1]) >= 1
+    rec = gateway.last_record()
+    assert (rec["status"], rec["error_type"]) == (429, "rate_limited")
+    gateway.assert_books_balance()
+
+
+def test_fifty_concurrent_requests_race_for_the_last_funds(make_gateway):
+    payload = body(max_tokens=10)
+    hold = cost_of(input_estimate(len(payload)), 1_000_000) + cost_of(10, 2_000_000)
+    funds = hold * 10
+    gw = make_gateway(balance=funds)
+
+    def one(_):
+        return post(gw.port, "/v1/chat/completions", payload, headers(gw.key))[0]
+
+    with ThreadPoolExecutor(50) as pool:
+        statuses = list(pool.map(one, range(50)))
+    ok, refused = statuses.count(200), statuses.count(402)
+    assert ok + refused == 50
+    recs = gw.records()
+    assert len(recs) == 50
+    charged = sum(r["cost"] for r in recs)
+    bal = gw.assert_books_balance()
+    assert bal.balance == funds - charged >= 0
+    costs = [r["cost"] for r in recs if r["status"] == 200]
+    assert len(costs) == ok and all(0 < c <= hold for c in costs)
+    # At least the funds' worth of worst cases fit; never more than the money allows.
+    assert ok >= funds // hold
+    assert ok <= (funds - hold) // min(costs) + 1
+    assert len(gw.sim.requests) == ok
+    assert all(r["error_type"] == "insufficient_funds" for r in recs if r["status"] == 402)
