@@ -1,4 +1,4 @@
-"""`hushgate proxy|simulator|up` — the long-running processes.
+"""`hushgate proxy|simulator|serve|up` — the long-running processes.
 
 Each runs one or more *services* (objects with ``start()`` and ``stop()``) until SIGINT or
 SIGTERM, then stops them in reverse order; the proxy flushes its records on stop.
@@ -7,6 +7,8 @@ SIGTERM, then stops them in reverse order; the proxy flushes its records on stop
 from __future__ import annotations
 
 import ipaddress
+import os
+import secrets
 import signal
 import threading
 from collections.abc import Sequence
@@ -52,6 +54,9 @@ def run_services(services: Sequence[tuple[str, Service]],
 
 
 def describe(service: Any) -> str:
+    hint = getattr(service, "describe", None)
+    if callable(hint):
+        return str(hint())
     if getattr(service, "base_url", None):
         return f"listening on {service.base_url}"
     port = getattr(service, "port", None)
@@ -67,10 +72,25 @@ def _proxy_service(host: str | None = None, port: int | None = None) -> Service:
     return ProxyServer(st.config, db, listen_host=host, listen_port=port)
 
 
-def _simulator_service(host: str, port: int) -> Service:
+def _simulator_service(host: str, port: int, require_key: str | None = None) -> Service:
     from control.simulator import Simulator
 
-    return Simulator(host=host, port=port)
+    return Simulator(host=host, port=port, require_key=require_key)
+
+
+def _demo_provider_key(config: Any) -> str:
+    """The key the demo simulator expects: the simulator providers' configured key, or a
+    random one put into their env var for this process (the proxy reads it from there)."""
+    sims = [p for p in config.providers.values() if p.name.startswith("simulator")]
+    for provider in sims:
+        key = provider.api_key()
+        if key:
+            return key
+    key = "sim-" + secrets.token_urlsafe(24)
+    for provider in sims:
+        if provider.key_env:
+            os.environ[provider.key_env] = key
+    return key
 
 
 def _loopback_simulator_port(config: Any) -> int | None:
@@ -102,23 +122,54 @@ def simulator_command(host: str, port: int) -> None:
     run_services([("simulator", _simulator_service(host, port))])
 
 
+def _control_services(host: str | None = None, port: int | None = None, threads: int = 8,
+                      housekeeping: bool = True) -> list[tuple[str, Service]]:
+    """The control plane, and the background work of the long-running service."""
+    from control.core.housekeeping import Housekeeping
+    from control.web.server import ControlServer
+
+    st = state()
+    db = st.require_schema()
+    services: list[tuple[str, Service]] = [
+        ("control plane", ControlServer(st.config, host=host, port=port, threads=threads))]
+    if housekeeping:
+        services.append(("housekeeping", Housekeeping(db, st.config)))
+    return services
+
+
+@click.command("serve")
+@click.option("--host", help="Listen address (default: control.listen_host).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (default: control.listen_port).")
+@click.option("--threads", type=click.IntRange(1, 128), default=8, show_default=True)
+@click.option("--no-housekeeping", is_flag=True,
+              help="Don't run retention and mail delivery here (extra replicas).")
+def serve_command(host: str | None, port: int | None, threads: int,
+                  no_housekeeping: bool) -> None:
+    """Run the control plane (admin UI, portal, API, webhook) on waitress, with the
+    scheduled retention purge, policy publication and mail delivery."""
+    run_services(_control_services(host, port, threads, housekeeping=not no_housekeeping))
+
+
 def up_services() -> list[tuple[str, Service]]:
-    """What one machine needs, in start order. The control plane joins this list."""
+    """What one machine needs, in start order."""
     st = state()
     if not schema.is_current(st.db):
         schema.upgrade(st.db)  # the embedded default works with nothing else installed
     services: list[tuple[str, Service]] = []
     sim_port = _loopback_simulator_port(st.config)
     if sim_port is not None:
-        services.append(("simulator", _simulator_service("127.0.0.1", sim_port)))
+        services.append(("simulator", _simulator_service(
+            "127.0.0.1", sim_port, require_key=_demo_provider_key(st.config))))
     services.append(("proxy", _proxy_service()))
+    services.extend(_control_services())
     return services
 
 
 @click.command("up")
 def up_command() -> None:
-    """Run everything one machine needs: the demo simulator (if configured) and the proxy."""
+    """Run everything one machine needs: the demo simulator (if configured), the proxy, the
+    control plane and its scheduled housekeeping, on the configured database."""
     run_services(up_services())
 
 
-COMMANDS = [proxy_command, simulator_command, up_command]
+COMMANDS = [proxy_command, simulator_command, serve_command, up_command]

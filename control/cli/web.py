@@ -1,32 +1,11 @@
-"""`hushgate serve`, `hushgate users …` and `hushgate tokens …` (the control plane)."""
+"""`hushgate users …` and `hushgate tokens …` (who may use the control plane)."""
 
 from __future__ import annotations
-
-import contextlib
 
 import click
 
 from control.cli.common import emit_json, group, json_option, state
 from control.core import accounts, admin_tokens
-
-
-@click.command("serve")
-@click.option("--host", help="Listen address (default: control.listen_host).")
-@click.option("--port", type=click.IntRange(0, 65535), help="Port (default: control.listen_port).")
-@click.option("--threads", type=click.IntRange(1, 128), default=8, show_default=True)
-def serve(host: str | None, port: int | None, threads: int) -> None:
-    """Run the control plane (admin UI, portal, API, webhook) on waitress."""
-    from control.web.server import ControlServer
-
-    st = state()
-    st.require_schema()
-    server = ControlServer(st.config, host=host, port=port, threads=threads)
-    shown = server.host if ":" not in server.host else f"[{server.host}]"
-    click.echo(f"control plane on http://{shown}:{server.port}/admin/ "
-               f"(portal /portal/, API /api/v1) — Ctrl-C to stop", err=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        server.serve_forever()
-
 
 users_group = group("users", "Control-plane operators (admins and read-only viewers).")
 
@@ -117,4 +96,4 @@ def tokens_revoke(key_id: str) -> None:
     click.echo(f"revoked token {key_id}")
 
 
-COMMANDS = [serve, users_group, tokens_group]
+COMMANDS = [users_group, tokens_group]

@@ -10,6 +10,7 @@ import bcrypt
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
+from control.core import notify
 from control.core import wallet as wallet_service
 from control.core.audit import Action
 from control.core.base import utcnow
@@ -211,6 +212,8 @@ def delete_account(ctx: Ctx, account_id: str) -> Account:
     bump_keys_counter(ctx.session)
     ctx.session.flush()
     ctx.audit(Action.ACCOUNT_DELETED, "account", account.id)
+    notify.send(ctx.session, ctx.config, account.id, "account_deleted",
+                days=ctx.config.retention["deleted_account_erasure_days"])
     return account
 
 

@@ -26,6 +26,7 @@ import bcrypt
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from control.core import notify
 from control.core.audit import Action
 from control.core.base import utcnow
 from control.core.context import Ctx
@@ -150,6 +151,7 @@ def create_key(ctx: Ctx, account_id: str, *, name: str | None = None,
     ctx.audit(Action.KEY_CREATED, "key", key.key_id, account_id=account_id,
               models=allowed_models, expires_at=expires_at.isoformat() if expires_at else None,
               rpm_limit=rpm_limit, tpm_limit=tpm_limit, budget=budget)
+    notify.send(ctx.session, ctx.config, account_id, "key_created", key_id=key.key_id)
     return key, raw
 
 
@@ -179,6 +181,7 @@ def revoke_key(ctx: Ctx, key_id: str, *, reason: str | None = None) -> ApiKey:
     bump_keys_counter(ctx.session)
     ctx.session.flush()
     ctx.audit(Action.KEY_REVOKED, "key", key.key_id, account_id=key.account_id, reason=reason)
+    notify.send(ctx.session, ctx.config, key.account_id, "key_revoked", key_id=key.key_id)
     return key
 
 

@@ -9,8 +9,8 @@
 Every purge works in batches of ``retention.batch_size`` rows, each in its own short
 transaction, so no table is locked for long and an interrupted run loses nothing. Each run
 (except a dry run) is audited with its counts, and the audit chain head is then anchored in
-the head file. ``RetentionScheduler`` runs it every ``retention.schedule_minutes`` inside the
-long-running service; ``hushgate retention run`` runs it on demand.
+the head file. ``control.core.housekeeping`` runs it every ``retention.schedule_minutes`` inside
+the long-running service; ``hushgate retention run`` runs it on demand.
 
 The audit window is also enforced by the database (migration 0002): the purge keeps the
 database's window in step with the configuration, and never deletes sooner than the database
@@ -20,8 +20,6 @@ allows — a shortened window takes effect only after the previous window has pa
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -311,50 +309,3 @@ def retention_status(session: Session, config: Config,
         if last_run else None,
         "schedule_minutes": r["schedule_minutes"],
     }
-
-
-# -- the scheduler --------------------------------------------------------------------------
-
-
-class RetentionScheduler:
-    """Runs ``run_retention`` at start and then every ``retention.schedule_minutes`` in a
-    daemon thread. A failed run is logged (by exception type only) and retried next time."""
-
-    def __init__(self, db: Database, config: Config, *,
-                 on_run: Callable[[RetentionReport], None] | None = None) -> None:
-        self.db = db
-        self.config = config
-        self.interval = config.retention["schedule_minutes"] * 60
-        self.on_run = on_run
-        self.last_report: RetentionReport | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="hushgate-retention",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.last_report = run_retention(self.db, self.config)
-                log.info("retention: %s", self.last_report)
-                if self.on_run is not None:
-                    self.on_run(self.last_report)
-            except Exception as exc:  # noqa: BLE001 - keep the service alive; retry next time
-                log.error("retention run failed (%s)", type(exc).__name__)
-            self._stop.wait(self.interval)

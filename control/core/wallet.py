@@ -20,8 +20,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from control.core import notify
 from control.core.audit import SYSTEM, Action, record
 from control.core.base import utcnow
+from control.core.config import Config
 from control.core.context import Ctx
 from control.core.errors import (
     BudgetExceeded,
@@ -31,6 +33,7 @@ from control.core.errors import (
     ValidationError,
 )
 from control.core.models import Account, ApiKey, Hold, LedgerEntry, Wallet
+from control.core.money import format_amount
 
 
 @dataclass(frozen=True)
@@ -216,9 +219,12 @@ def _close(session: Session, hold_id: str, status: str) -> Hold | None:
 
 
 def settle(session: Session, hold_id: str, actual: int, *, reference: str | None = None,
-           estimated: bool = False) -> int:
+           estimated: bool = False, config: Config | None = None) -> int:
     """Charge the actual cost against the hold and free the rest. Returns the amount charged
-    (0 if the hold was already closed, so a retry never double-charges)."""
+    (0 if the hold was already closed, so a retry never double-charges).
+
+    With ``config``, a charge that takes the balance below ``wallet.low_balance_threshold``
+    queues one low-balance notice to the account holder (in this transaction)."""
     hold = _close(session, hold_id, "settled")
     if hold is None:
         return 0
@@ -247,7 +253,21 @@ def settle(session: Session, hold_id: str, actual: int, *, reference: str | None
                                 balance_after=new_balance, reference=reference or hold.request_id,
                                 actor="proxy", estimated=estimated))
     session.flush()
+    if config is not None and charge:
+        _notify_low_balance(session, config, hold.account_id, new_balance + charge, new_balance)
     return charge
+
+
+def _notify_low_balance(session: Session, config: Config, account_id: str, before: int,
+                        after: int) -> None:
+    """Queue a low-balance notice when a charge crosses the configured threshold."""
+    threshold = config.wallet.get("low_balance_threshold") or 0
+    if not (before >= threshold > after):
+        return
+    w = config.wallet
+    notify.send(session, config, account_id, "low_balance",
+                available=format_amount(max(after, 0), w["minor_unit_scale"], w["currency"]),
+                threshold=format_amount(threshold, w["minor_unit_scale"], w["currency"]))
 
 
 def release(session: Session, hold_id: str) -> bool:

@@ -6,11 +6,12 @@ from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 
-from control.core import accounts, admin_tokens, audit, keys, sessions, stats, wallet
+from control.core import accounts, admin_tokens, audit, erasure, keys, sessions, stats, wallet
+from control.core import retention as retention_service
 from control.core.base import utcnow
 from control.core.errors import HushgateError, NotFound
 from control.core.models import Account
-from control.web import charts, lifecycle
+from control.web import charts
 from control.web.auth import admin_required, begin, current_user, finish, safe_next, user_actor
 from control.web.ext import hg
 from control.web.forms import (
@@ -169,8 +170,7 @@ def _account_page(account_id: str, *, errors: dict[str, str] | None = None,
     return render_template("web/account.html", account=account, keys=key_rows,
                            balance=balance, ledger=ledger, usage=usage, errors=errors or {},
                            new_key=new_key, idem=new_idempotency_key(),
-                           models=sorted(hg().config.models),
-                           erasure=lifecycle.service("erasure") is not None), status
+                           models=sorted(hg().config.models)), status
 
 
 @bp.get("/accounts/<account_id>")
@@ -233,8 +233,6 @@ def account_delete(account_id: str) -> Any:
         if accounts.get_account(ctx.session, account_id).status in ("deleted", "erased"):
             return
         accounts.delete_account(ctx, account_id)
-        lifecycle.notify(ctx, account_id, "account_deleted",
-                         days=ctx.config.retention["deleted_account_erasure_days"])
 
     return _act(account_id, run,
                 "Account deleted: access ended; personal data is erased after the grace window.")
@@ -243,9 +241,6 @@ def account_delete(account_id: str) -> Any:
 @bp.post("/accounts/<account_id>/erase")
 @admin_required("admin")
 def account_erase(account_id: str) -> Any:
-    erasure = lifecycle.service("erasure")
-    if erasure is None:
-        abort(404)
     confirm = request.form.get("confirm") == "yes"
     return _act(account_id, lambda ctx: erasure.erase_account(ctx, account_id, confirm=confirm),
                 "Personal data erased.")
@@ -267,7 +262,6 @@ def key_create(account_id: str) -> Any:
                                        expires_at=optional_datetime("expires_at"),
                                        rpm_limit=optional_int("rpm_limit"),
                                        tpm_limit=optional_int("tpm_limit"), budget=budget)
-            lifecycle.notify(ctx, account_id, "key_created", key_id=key.key_id)
     except HushgateError as exc:
         return _account_page(account_id, errors=errors_of(exc), status=error_status(exc))
     # Rendered once, never stored in the session or anywhere else.
@@ -284,7 +278,6 @@ def key_revoke(key_id: str) -> Any:
             abort(404)
     def run(ctx: Any) -> None:
         keys.revoke_key(ctx, key_id, reason=field("reason", 200) or None)
-        lifecycle.notify(ctx, account_id, "key_revoked", key_id=key_id)
 
     return _act(account_id, run, f"Key {key_id} revoked.")
 
@@ -301,7 +294,6 @@ def key_rotate(key_id: str) -> Any:
         grace = optional_int("grace_seconds") or 0
         with hg().uow(user_actor()) as ctx:
             new, raw = keys.rotate_key(ctx, key_id, grace_seconds=grace)
-            lifecycle.notify(ctx, account_id, "key_created", key_id=new.key_id)
     except HushgateError as exc:
         return _account_page(account_id, errors=errors_of(exc), status=error_status(exc))
     return _account_page(account_id, new_key=raw)
@@ -383,21 +375,15 @@ def audit_verify() -> Any:
 @bp.get("/retention")
 @admin_required()
 def retention() -> Any:
-    mod = lifecycle.service("retention")
-    status = None
-    if mod is not None:
-        with hg().reader() as db:
-            status = mod.retention_status(db, hg().config)
+    with hg().reader() as db:
+        status = retention_service.retention_status(db, hg().config)
     return render_template("web/retention.html", status=status, windows=hg().config.retention)
 
 
 @bp.post("/retention/run")
 @admin_required("admin")
 def retention_run() -> Any:
-    mod = lifecycle.service("retention")
-    if mod is None:
-        abort(404)
-    report = mod.run_retention(hg().db, hg().config,
+    report = retention_service.run_retention(hg().db, hg().config,
                                dry_run=request.form.get("dry_run") == "yes", actor=user_actor())
     flash(f"Retention run finished: {report}.")
     return redirect(url_for("web.retention"))

@@ -15,7 +15,7 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from control.core import accounts, audit, keys, stats, wallet
+from control.core import accounts, audit, erasure, export, keys, retention, stats, wallet
 from control.core.admin_tokens import TokenPrincipal
 from control.core.audit import Actor
 from control.core.errors import (
@@ -27,7 +27,6 @@ from control.core.errors import (
     ValidationError,
 )
 from control.core.records import record_dict
-from control.web import lifecycle
 from control.web.ext import hg
 
 bp = Blueprint("api", __name__)
@@ -65,11 +64,6 @@ def _domain_error(exc: HushgateError) -> tuple[Response, int]:
     if isinstance(exc, InvalidKey):
         return _error(401, exc.code, str(exc))
     return _error(400, exc.code, str(exc))
-
-
-@bp.errorhandler(lifecycle.Unavailable)
-def _unavailable(exc: lifecycle.Unavailable) -> tuple[Response, int]:
-    return _error(501, "not_implemented", str(exc))
 
 
 @bp.errorhandler(HTTPException)
@@ -267,19 +261,13 @@ def account_status(account_id: str) -> Any:
 @bp.delete("/accounts/<account_id>")
 def account_delete(account_id: str) -> Any:
     with hg().uow(_actor()) as ctx:
-        was_live = accounts.get_account(ctx.session, _account_id(account_id)).status in (
-            "active", "disabled")
-        account = accounts.delete_account(ctx, account_id)
-        if was_live:
-            lifecycle.notify(ctx, account.id, "account_deleted",
-                             days=ctx.config.retention["deleted_account_erasure_days"])
+        account = accounts.delete_account(ctx, _account_id(account_id))
         return accounts.account_dict(account)
 
 
 @bp.post("/accounts/<account_id>/erase")
 def account_erase(account_id: str) -> Any:
     data = _body({"confirm": bool}, ("confirm",))
-    erasure = lifecycle.require("erasure")
     with hg().uow(_actor()) as ctx:
         erasure.erase_account(ctx, _account_id(account_id), confirm=data["confirm"])
         return accounts.account_dict(accounts.get_account(ctx.session, account_id))
@@ -287,14 +275,13 @@ def account_erase(account_id: str) -> Any:
 
 @bp.get("/accounts/<account_id>/export")
 def account_export(account_id: str) -> Any:
-    mod = lifecycle.require("export")
     with hg().uow(_actor()) as ctx:
-        aid = mod.audit_export(ctx, _account_id(account_id), via="api")
+        aid = export.audit_export(ctx, _account_id(account_id), via="api")
     config, db = hg().config, hg().db
 
     def chunks() -> Iterator[str]:
         with db.read_transaction() as session:
-            yield from mod.iter_export(session, config, aid)
+            yield from export.iter_export(session, config, aid)
 
     return Response(chunks(), mimetype="application/json", headers={
         "Content-Disposition": f'attachment; filename="hushgate-export-{aid}.json"'})
@@ -321,7 +308,6 @@ def key_create(account_id: str) -> Any:
                                    expires_at=_datetime(data.get("expires_at"), "expires_at"),
                                    rpm_limit=data.get("rpm_limit"),
                                    tpm_limit=data.get("tpm_limit"), budget=data.get("budget"))
-        lifecycle.notify(ctx, key.account_id, "key_created", key_id=key.key_id)
         return {**keys.key_dict(key), "key": raw}, 201
 
 
@@ -335,11 +321,7 @@ def key_get(key_id: str) -> Any:
 def key_revoke(key_id: str) -> Any:
     data = _body({"reason": str})
     with hg().uow(_actor()) as ctx:
-        key = keys.get_key(ctx.session, key_id)
-        was_active = key.status == "active"
-        keys.revoke_key(ctx, key_id, reason=data.get("reason"))
-        if was_active:
-            lifecycle.notify(ctx, key.account_id, "key_revoked", key_id=key.key_id)
+        key = keys.revoke_key(ctx, key_id, reason=data.get("reason"))
         return keys.key_dict(key)
 
 
@@ -348,7 +330,6 @@ def key_rotate(key_id: str) -> Any:
     data = _body({"grace_seconds": int})
     with hg().uow(_actor()) as ctx:
         key, raw = keys.rotate_key(ctx, key_id, grace_seconds=data.get("grace_seconds") or 0)
-        lifecycle.notify(ctx, key.account_id, "key_created", key_id=key.key_id)
         return {**keys.key_dict(key), "key": raw}, 201
 
 
@@ -440,15 +421,14 @@ def records() -> Any:
 
 @bp.get("/retention")
 def retention_get() -> Any:
-    mod = lifecycle.require("retention")
     with hg().reader() as db:
-        return {"windows": hg().config.retention, "status": mod.retention_status(db, hg().config)}
+        status = retention.retention_status(db, hg().config)
+    return {"windows": hg().config.retention, "status": status}
 
 
 @bp.post("/retention/run")
 def retention_run() -> Any:
     data = _body({"dry_run": bool})
-    mod = lifecycle.require("retention")
-    report = mod.run_retention(hg().db, hg().config, dry_run=bool(data.get("dry_run")),
+    report = retention.run_retention(hg().db, hg().config, dry_run=bool(data.get("dry_run")),
                                actor=_actor())
     return {"result": report.as_dict(), "summary": str(report)}

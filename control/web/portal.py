@@ -18,9 +18,8 @@ from flask import (
     url_for,
 )
 
-from control.core import accounts, audit, keys, sessions, stats, wallet
+from control.core import accounts, audit, export, keys, sessions, stats, wallet
 from control.core.errors import HushgateError, NotFound, ValidationError
-from control.web import lifecycle
 from control.web.admin import dashboard_charts
 from control.web.auth import account_actor, account_required, begin, current_account, finish
 from control.web.ext import hg
@@ -132,7 +131,6 @@ def key_create() -> Any:
         with hg().uow(account_actor()) as ctx:
             key, raw = keys.create_key(ctx, _me().id, name=field("name", 100) or None,
                                        allowed_models=request.form.getlist("models") or None)
-            lifecycle.notify(ctx, key.account_id, "key_created", key_id=key.key_id)
     except HushgateError as exc:
         return _keys_page(errors=errors_of(exc), status=error_status(exc))
     return _keys_page(new_key=raw)
@@ -150,7 +148,6 @@ def key_revoke(key_id: str) -> Any:
         abort(404)
     with hg().uow(account_actor()) as ctx:
         keys.revoke_key(ctx, key_id, reason="revoked by the account holder")
-        lifecycle.notify(ctx, key.account_id, "key_revoked", key_id=key_id)
     flash(f"Key {key_id} revoked.")
     return redirect(url_for("portal.key_list"))
 
@@ -169,24 +166,20 @@ def ledger() -> Any:
 @bp.get("/export")
 @account_required
 def export_page() -> Any:
-    return render_template("portal/export.html",
-                           available=lifecycle.service("export") is not None)
+    return render_template("portal/export.html")
 
 
 @bp.post("/export")
 @account_required
 def export_download() -> Any:
-    mod = lifecycle.service("export")
-    if mod is None:
-        abort(404)
     account_id = _me().id
     with hg().uow(account_actor()) as ctx:
-        mod.audit_export(ctx, account_id, via="portal")
+        export.audit_export(ctx, account_id, via="portal")
     config, db = hg().config, hg().db
 
     def chunks() -> Iterator[str]:
         with db.read_transaction() as session:
-            yield from mod.iter_export(session, config, account_id)
+            yield from export.iter_export(session, config, account_id)
 
     return Response(stream_with_context(chunks()), mimetype="application/json", headers={
         "Content-Disposition": f'attachment; filename="hushgate-export-{account_id}.json"'})
@@ -236,6 +229,5 @@ def delete() -> Any:
     days = hg().config.retention["deleted_account_erasure_days"]
     with hg().uow(account_actor()) as ctx:
         accounts.delete_account(ctx, me.id)
-        lifecycle.notify(ctx, me.id, "account_deleted", days=days)
     finish()
     return render_template("portal/deleted.html", days=days, account=None)

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, render_template
 
-from control.web import lifecycle
+from control.core import policy as policy_service
 from control.web.ext import hg
 
 bp = Blueprint("public", __name__, template_folder="templates")
@@ -14,11 +14,8 @@ bp = Blueprint("public", __name__, template_folder="templates")
 
 @bp.get("/policy")
 def policy() -> Any:
-    mod = lifecycle.service("policy")
-    text = None
-    if mod is not None:
-        with hg().reader() as db:
-            text = mod.render_policy(hg().config, session=db)
+    with hg().reader() as db:
+        text = policy_service.render_policy(hg().config, session=db)
     return render_template("shared/policy.html", text=text, config=hg().config, area="public")
 
 

@@ -67,6 +67,11 @@ class ControlServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def describe(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return (f"admin UI http://{host}:{self.port}/admin/ · portal /portal/ · "
+                f"API /api/v1 · policy /policy")
+
     def start(self) -> ControlServer:
         check_listen(self.config, self.host)
         self.app = create_app(self.config, self._db)
@@ -82,18 +87,6 @@ class ControlServer:
         # The listener is closed by stop(); asyncore may notice that mid-select.
         with contextlib.suppress(OSError):
             self._server.run()
-
-    def serve_forever(self) -> None:
-        """Run in the calling thread (``hushgate serve``)."""
-        check_listen(self.config, self.host)
-        self.app = create_app(self.config, self._db)
-        self._server = create_server(self.app, host=self.host, port=self._port,
-                                     threads=self._threads, ident="hushgate",
-                                     clear_untrusted_proxy_headers=True)
-        try:
-            self._server.run()
-        finally:
-            self._close_db()
 
     def stop(self) -> None:
         server = self._server

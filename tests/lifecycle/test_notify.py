@@ -41,11 +41,10 @@ def test_opt_out_skips_non_essential_but_not_essential(mail):
     with db.transaction() as s:
         for who in (inn, out):
             notify.send(s, config, who, "product_update", title="New models are available")
-            notify.send(s, config, who, "key_created", key_id=key_id)
+    # creating Out's key queued the essential key-created notice by itself
     report = notify.deliver_pending(db, config)
-    assert (report.sent, report.skipped, report.failed) == (3, 0, 0)
-    assert sorted(m["Subject"] for m in inbox.to("in@example.com")) == [
-        "A new API key was created", "News from Acme AI"]
+    assert (report.sent, report.skipped, report.failed) == (2, 0, 0)
+    assert [m["Subject"] for m in inbox.to("in@example.com")] == ["News from Acme AI"]
     assert [m["Subject"] for m in inbox.to("out@example.com")] == ["A new API key was created"]
     with db.read_transaction() as s:
         statuses = sorted((n.kind, n.status) for n in s.query(Notification)
@@ -68,7 +67,8 @@ def test_opting_out_after_queueing_is_honoured_at_delivery(mail):
         accounts.set_preferences(Ctx(s, config, Actor("test", "x")), inn,
                                  opt_out_non_essential=True)
     report = notify.deliver_pending(db, config)
-    assert (report.sent, report.skipped) == (0, 1) and inbox.messages == []
+    assert (report.sent, report.skipped) == (1, 1)  # Out's key-created notice still goes
+    assert inbox.to("in@example.com") == []
 
 
 @pytest.mark.parametrize("kind, params", [
@@ -134,4 +134,63 @@ def test_erased_accounts_get_nothing(mail):
         erasure.erase_account(Ctx(s, config, Actor("test", "x")), inn, confirm=True)
         note = notify.send(s, config, inn, "policy_changed", last_updated="2030-01-01")
         assert note.status == "skipped"
-    assert notify.deliver_pending(db, config).sent == 0 and inbox.messages == []
+    notify.deliver_pending(db, config)
+    assert inbox.to("in@example.com") == []  # not even the deletion notice queued on erasure
+    with db.read_transaction() as s:
+        assert {n.status for n in s.query(Notification)
+                .filter(Notification.account_id == inn)} == {"skipped"}
+
+
+def test_key_and_account_events_queue_their_own_notices(mail):
+    """The services send them, whichever surface (CLI, UI, API) called them."""
+    inbox, config, db = mail
+    from control.core.audit import Actor
+    from control.core.context import Ctx
+
+    with db.transaction() as s:
+        ctx = Ctx(s, config, Actor("test", "notify"))
+        acct = accounts.create_account(ctx, name="K", email="k@example.com",
+                                       adult_attested=True, opt_out_non_essential=True)
+        key, raw = keys.create_key(ctx, acct.id)
+    with db.transaction() as s:
+        ctx = Ctx(s, config, Actor("test", "notify"))
+        keys.revoke_key(ctx, key.key_id)
+        keys.revoke_key(ctx, key.key_id)  # already revoked: no second notice
+        accounts.delete_account(ctx, acct.id)
+    assert notify.deliver_pending(db, config).sent == 3
+    assert [m["Subject"] for m in inbox.to("k@example.com")] == [
+        "A new API key was created", "An API key was revoked", "Your account was deleted"]
+    assert all(raw.encode() not in r for r in inbox.raw)
+
+
+def test_low_balance_notice_once_when_a_charge_crosses_the_threshold(mail):
+    inbox, config, db = mail
+    from control.core import wallet
+    from control.core.audit import Actor
+    from control.core.context import Ctx
+
+    threshold = config.wallet["low_balance_threshold"]
+    with db.transaction() as s:
+        ctx = Ctx(s, config, Actor("test", "notify"))
+        acct = accounts.create_account(ctx, name="L", email="l@example.com",
+                                       adult_attested=True)
+        wallet.topup(ctx, acct.id, threshold + 100, idempotency_key="t1")
+
+    def charge(amount: int) -> None:
+        with db.transaction() as s:
+            hold = wallet.reserve(s, acct.id, amount)
+            wallet.settle(s, hold.id, amount, config=config)
+
+    charge(50)  # still above the threshold
+    assert notify.deliver_pending(db, config).sent == 0
+    charge(100)  # crosses it
+    charge(10)  # already below: no repeat
+    assert notify.deliver_pending(db, config).sent == 1
+    (msg,) = inbox.to("l@example.com")
+    assert msg["Subject"] == "Your balance is low"
+    from control.core.money import format_amount
+
+    scale, cur = config.wallet["minor_unit_scale"], config.wallet["currency"]
+    body = msg.get_payload(decode=True).decode()
+    assert format_amount(threshold - 50, scale, cur) in body
+    assert format_amount(threshold, scale, cur) in body

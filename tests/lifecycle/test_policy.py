@@ -69,7 +69,8 @@ def test_publishing_versions_dates_and_announces(tmp_path, db_url, uow, db, conf
     with uow() as ctx:
         assert policy.publish_policy(ctx, today=date(2026, 6, 2)) is None  # unchanged
     with db.read_transaction() as s:
-        assert s.query(Notification).count() == 0  # the baseline announces nothing
+        assert s.query(Notification).filter(  # the baseline announces nothing
+            Notification.kind == "policy_changed").count() == 0
 
     changed = make_config(tmp_path, db_url, retention={"audit_events_days": 180})
     db2 = Database.from_config(changed)
@@ -81,7 +82,8 @@ def test_publishing_versions_dates_and_announces(tmp_path, db_url, uow, db, conf
         with db2.read_transaction() as s:
             text = policy.render_policy(changed, session=s)
             notes = {(n.account_id, n.kind, n.status, n.essential)
-                     for n in s.query(Notification)}
+                     for n in s.query(Notification).filter(
+                         Notification.kind == "policy_changed")}
             ev = audit.list_events(s, limit=1)[0]
             assert (ev.action, ev.details["notified"]) == ("policy.changed", 2)
             assert s.query(PolicyVersion).count() == 2

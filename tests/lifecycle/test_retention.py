@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
 import pytest
@@ -164,18 +163,3 @@ def test_status_reports_what_is_due(db, config, monkeypatch, uow, funded_account
     assert st["request_records_due"] == 0 and st["last_run"] is not None
     assert st["next_run"] > st["last_run"]
     assert st["audit_window_days_enforced"] == 90
-
-
-def test_scheduler_runs_in_a_daemon_thread(db, config, funded_account):
-    add_records(db, funded_account, [days_ago(100)])
-    done = threading.Event()
-    scheduler = retention.RetentionScheduler(db, config, on_run=lambda report: done.set())
-    scheduler.start()
-    try:
-        assert done.wait(30), "the scheduler did not run"
-        assert scheduler.running and scheduler._thread.daemon
-    finally:
-        scheduler.stop()
-    assert not scheduler.running
-    assert scheduler.last_report is not None and scheduler.last_report.request_records == 1
-    assert scheduler.interval == config.retention["schedule_minutes"] * 60

@@ -20,7 +20,6 @@ from web_helpers import ADMIN_PW, sqlite_only
 
 from control.core import accounts, records
 from control.core.base import utcnow
-from control.web import lifecycle
 from control.web.server import ControlServer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -191,14 +190,11 @@ def test_account_holder_tour(live, chromium, db, tmp_path):
     _shot(page, "portal-keys", tmp_path)
 
     page.click("text=Export")
-    if lifecycle.service("export") is not None:
-        with page.expect_download() as info:
-            page.click("#export")
-        path = info.value.path()
-        doc = json.loads(Path(path).read_text())
-        assert "grace@example.com" in json.dumps(doc)
-    else:
-        assert "not available" in page.content()
+    with page.expect_download() as info:
+        page.click("#export")
+    path = info.value.path()
+    doc = json.loads(Path(path).read_text())
+    assert "grace@example.com" in json.dumps(doc)
     _shot(page, "portal-export", tmp_path)
 
     page.click("text=Profile")

@@ -82,17 +82,3 @@ def test_users_and_tokens_cli(cli, db):
     assert cli("tokens", "revoke", token["key_id"]).exit_code == 0
     assert "revoked" in cli("tokens", "list", "--user", "alice").output
     assert cli("tokens", "revoke", "nope").exit_code == 1
-
-
-@sqlite_only
-def test_serve_command_builds_the_server(cli, monkeypatch):
-    seen = {}
-
-    def fake_serve(self):
-        seen["host"], seen["port"] = self.host, self.port
-
-    monkeypatch.setattr(ControlServer, "serve_forever", fake_serve)
-    r = cli("serve", "--port", "0")
-    assert r.exit_code == 0
-    assert seen == {"host": "127.0.0.1", "port": 0}
-    assert "/admin/" in r.output
