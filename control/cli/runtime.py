@@ -155,6 +155,9 @@ def up_services() -> list[tuple[str, Service]]:
     st = state()
     if not schema.is_current(st.db):
         schema.upgrade(st.db)  # the embedded default works with nothing else installed
+    from control.cli.init import ensure_first_admin
+
+    ensure_first_admin(generate=True)  # so the first `up` can be signed in to
     services: list[tuple[str, Service]] = []
     sim_port = _loopback_simulator_port(st.config)
     if sim_port is not None:

@@ -220,3 +220,33 @@ def test_up_refuses_a_non_loopback_control_plane_without_tls(machine, tmp_path):
     assert "control.listen_host" in done.stderr
     # services started before the refusal were stopped again
     assert "proxy: stopped" in done.stdout
+
+
+def test_first_up_creates_an_admin_who_can_sign_in(machine):
+    """No `init`, no password in the environment: `up` migrates, creates `admin` with a
+    random password in a 0600 file (the password itself is never printed)."""
+    import http.cookiejar
+    import re
+    import stat
+    import urllib.parse
+
+    env = {k: v for k, v in machine["env"].items() if k != "HUSHGATE_ADMIN_PASSWORD"}
+    up = Process(["up"], env)
+    try:
+        up.wait_for("running; press Ctrl-C to stop")
+        secret = machine["data"] / "initial-admin-password"
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+        password = secret.read_text().strip()
+        assert str(secret) in "".join(up.out) and password not in "".join(up.out + up.err)
+        control = f"http://127.0.0.1:{machine['ports']['control']}"
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        form = opener.open(f"{control}/admin/login", timeout=10).read().decode()
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+        body = urllib.parse.urlencode({"csrf_token": token, "username": "admin",
+                                       "password": password, "next": ""}).encode()
+        with opener.open(f"{control}/admin/login", data=body, timeout=10) as resp:
+            assert resp.status == 200 and "/admin/login" not in resp.url
+            assert "Sign out" in resp.read().decode()
+    finally:
+        assert up.terminate() == 0
