@@ -382,6 +382,10 @@ def _resolve(raw: dict[str, Any], cfg_path: Path | None) -> Config:
     for p in raw["providers"]:
         if p["name"] in providers:
             raise ConfigError(f"invalid configuration: providers: duplicate name {p['name']!r}")
+        if p.get("verify_tls") is False:
+            raise ConfigError(
+                f"invalid configuration: providers.{p['name']}.verify_tls: hushgate always "
+                "verifies provider TLS; add a private CA with ca_file instead")
         providers[p["name"]] = Provider(
             name=p["name"], base_url=p["base_url"].rstrip("/"), api_format=p["api_format"],
             key_env=p.get("key_env"), key_file=p.get("key_file"),

@@ -53,6 +53,8 @@ def test_defaults_run_on_sqlite_in_a_data_folder(tmp_path, monkeypatch):
     ("providers:\n  - {name: x, base_url: 'ftp://h', api_format: openai}\n",
      "providers.0.base_url"),
     ("openai_api_key: sk-123\n", "unknown key openai_api_key"),
+    ("providers:\n  - {name: x, base_url: 'https://h', api_format: openai, verify_tls: false}\n",
+     "providers.x.verify_tls: hushgate always verifies provider TLS"),
 ])
 def test_bad_config_names_the_key(tmp_path, text, message):
     path = tmp_path / "c.yaml"
