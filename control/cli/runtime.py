@@ -6,7 +6,6 @@ SIGTERM, then stops them in reverse order; the proxy flushes its records on stop
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
 import signal
@@ -19,6 +18,7 @@ import click
 
 from control.cli.common import state
 from control.core import schema
+from control.core.net import is_loopback
 
 DEFAULT_SIMULATOR_PORT = 9999
 
@@ -97,11 +97,7 @@ def _loopback_simulator_port(config: Any) -> int | None:
     """The port of a provider on loopback that the demo simulator should serve, if any."""
     for provider in config.providers.values():
         parts = urlsplit(provider.base_url)
-        try:
-            loop = ipaddress.ip_address(parts.hostname or "").is_loopback
-        except ValueError:
-            loop = parts.hostname == "localhost"
-        if loop and provider.name.startswith("simulator"):
+        if is_loopback(parts.hostname) and provider.name.startswith("simulator"):
             return parts.port or 80
     return None
 

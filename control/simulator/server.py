@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import signal
 import threading
@@ -18,6 +17,7 @@ from types import TracebackType
 
 import h11
 
+from control.core.net import is_loopback
 from control.simulator import faults, openai_format
 from control.simulator.handling import respond
 from control.simulator.recording import RequestLog, SimRequest
@@ -26,15 +26,6 @@ from control.simulator.wire import ClientGone, Wire
 log = logging.getLogger("control.simulator")
 
 DEFAULT_MODELS: tuple[str, ...] = ("sim-gpt", "sim-embed", "sim-claude")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Simulator:
@@ -61,7 +52,7 @@ class Simulator:
                  embedding_dim: int = 8, require_key: str | None = None,
                  slow_chunk_delay_ms: int = 200, models: Iterable[str] = DEFAULT_MODELS,
                  max_recorded: int | None = 10_000) -> None:
-        if not _is_loopback(host):
+        if not is_loopback(host):
             raise ValueError(f"the simulator binds loopback only, not {host!r}")
         self.host = host
         self.port = port

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,15 +15,7 @@ from control.core.config import Config
 from control.core.context import Ctx
 from control.core.db import Database
 from control.core.money import format_amount
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from control.core.net import is_loopback
 
 
 def _has_tls(section: dict[str, Any]) -> bool:

@@ -25,10 +25,10 @@ HUSHGATE = str(Path(sys.executable).with_name("hushgate"))
 ADMIN_PASSWORD = "correct horse battery staple"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class Process:
@@ -77,10 +77,10 @@ class Process:
 
 
 @pytest.fixture
-def machine(tmp_path, smtp_inbox):
+def machine(tmp_path, smtp_server):
     """A config for one machine on SQLite: free ports, the demo simulator, a real SMTP server."""
-    inbox, smtp_port = smtp_inbox
-    ports = {"proxy": _free_port(), "control": _free_port(), "sim": _free_port()}
+    inbox, smtp_port = smtp_server
+    ports = {"proxy": free_port(), "control": free_port(), "sim": free_port()}
     sim = f"http://127.0.0.1:{ports['sim']}"
     cfg = tmp_path / "hushgate.yaml"
     cfg.write_text(yaml.safe_dump({
@@ -108,32 +108,6 @@ def machine(tmp_path, smtp_inbox):
         return done.stdout
 
     return {"ports": ports, "env": env, "run": run, "inbox": inbox, "data": tmp_path / "data"}
-
-
-@pytest.fixture
-def smtp_inbox():
-    from aiosmtpd.controller import Controller
-
-    class Inbox:
-        def __init__(self) -> None:
-            self.subjects: list[str] = []
-            self.raw: list[bytes] = []
-
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802
-            from email import message_from_bytes
-
-            self.raw.append(envelope.content)
-            self.subjects.append(message_from_bytes(envelope.content)["Subject"])
-            return "250 OK"
-
-    inbox = Inbox()
-    port = _free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -174,13 +148,15 @@ def test_up_runs_proxy_control_plane_and_housekeeping(machine):
         assert status == 200 and "90 days" in policy
         # housekeeping: the queued key-created notice is delivered over SMTP
         deadline = time.monotonic() + 30
-        while "A new API key was created" not in machine["inbox"].subjects:
-            assert time.monotonic() < deadline, machine["inbox"].subjects
+        while not machine["inbox"].to("ada@example.com"):
+            assert time.monotonic() < deadline, "no mail arrived"
             time.sleep(0.2)
     finally:
         code = up.terminate()
     out, err = "".join(up.out), "".join(up.err)
     assert code == 0, err
+    (mail,) = machine["inbox"].to("ada@example.com")
+    assert mail["Subject"] == "A new API key was created"
     for name in ("simulator", "proxy", "control plane", "housekeeping"):
         assert f"{name}: stopped" in out
     # nothing secret in what the process printed or mailed
