@@ -4,14 +4,26 @@ The key is checked by ``control.core.keys.KeyAuthenticator`` (bcrypt once, then 
 in-memory cache keyed by an HMAC of the key; revocations polled from the database) on a
 worker thread. Requests per minute are limited here; the key's other scopes are checked by
 the steps that know the model and the cost.
+
+Concurrent requests with the same key share one check (single flight): when the key is not
+in the cache (cold start, or its cache entry just expired), 32 concurrent requests would
+otherwise pay 32 bcrypt verifies (~250 ms each at cost 12) on the worker threads and stall
+every connection for seconds. Requests in flight are keyed by an HMAC of the key under a
+per-process random pepper, only while the check runs.
 """
 
 from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
 
 from mitmproxy import http
 
 from control.core import keys
 from control.core.errors import AccountInactive, InvalidKey, KeyExpired, KeyRevoked
+from control.core.keys import KeyPrincipal
 from proxy_addons.services import Services
 from proxy_addons.state import FlowState, Refusal, request_step
 
@@ -41,6 +53,19 @@ def refusal_for_key_error(exc: InvalidKey) -> Refusal:
 class Authenticate:
     def __init__(self, services: Services) -> None:
         self.services = services
+        self._pepper = secrets.token_bytes(32)
+        self._in_flight: dict[bytes, asyncio.Future[KeyPrincipal]] = {}
+
+    async def _authenticate(self, raw: str) -> KeyPrincipal:
+        """The authenticator's answer for ``raw``, shared by concurrent identical keys."""
+        fingerprint = hmac.new(self._pepper, raw.encode(), hashlib.sha256).digest()
+        future = self._in_flight.get(fingerprint)
+        if future is None:
+            future = asyncio.ensure_future(
+                self.services.blocking(self.services.authenticator.authenticate, raw))
+            self._in_flight[fingerprint] = future
+            future.add_done_callback(lambda _: self._in_flight.pop(fingerprint, None))
+        return await asyncio.shield(future)
 
     @request_step
     async def request(self, flow: http.HTTPFlow, state: FlowState) -> None:
@@ -53,8 +78,7 @@ class Authenticate:
         except InvalidKey as exc:
             raise refusal_for_key_error(exc) from None
         try:
-            principal = await self.services.blocking(self.services.authenticator.authenticate,
-                                                     raw)
+            principal = await self._authenticate(raw)
         except InvalidKey as exc:
             if isinstance(exc, KeyExpired | KeyRevoked | AccountInactive):
                 state.key_id = parsed.key_id  # the key exists: its id is safe metadata

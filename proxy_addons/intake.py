@@ -7,13 +7,13 @@ HTTP from a non-loopback client unless ``proxy.allow_plain_http`` is set (403).
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 from urllib.parse import parse_qsl
 
 from mitmproxy import http
 
 from control.core.base import utcnow
+from control.core.net import is_loopback
 from proxy_addons.services import Services
 from proxy_addons.state import STATE_KEY, FlowState, Refusal, answer, refusal_for
 from proxy_addons.wire import classify, guess_format
@@ -39,18 +39,6 @@ def is_json_content_type(value: str | None) -> bool:
         return False
     media = value.split(";", 1)[0].strip().lower()
     return media == "application/json"
-
-
-def is_loopback(peer: str | None) -> bool:
-    if not peer:
-        return False
-    try:
-        ip = ipaddress.ip_address(peer.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
 
 
 def check_headers(method: str, path: str, headers: http.Headers, *, tls: bool,
@@ -80,6 +68,9 @@ def check_headers(method: str, path: str, headers: http.Headers, *, tls: bool,
         raise Refusal(400, "invalid_content_type", "the request body must be application/json")
 
 
+HEALTH_PATH = "/healthz"
+
+
 class Intake:
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -91,6 +82,9 @@ class Intake:
         if flow.metadata.get(STATE_KEY) is not None:
             return
         req = flow.request
+        if req.path == HEALTH_PATH and req.method in ("GET", "HEAD"):
+            flow.response = self._health()
+            return
         peer = flow.client_conn.peername[0] if flow.client_conn.peername else None
         endpoint = classify(req.path)
         state = FlowState(request_id=new_request_id(), time=utcnow())
@@ -113,3 +107,10 @@ class Intake:
             answer(flow, state, refusal)
         except Exception as exc:  # noqa: BLE001 - fail closed
             answer(flow, state, refusal_for(exc, "Intake.requestheaders"))
+
+    def _health(self) -> http.Response:
+        ok = self.services.writer.alive
+        body = b'{"status":"ok"}' if ok else b'{"status":"unavailable"}'
+        return http.Response.make(200 if ok else 503, body,
+                                  {"content-type": "application/json",
+                                   "cache-control": "no-store"})

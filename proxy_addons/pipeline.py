@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy_addons.authenticate import Authenticate
+from proxy_addons.errorpage import ErrorPage
 from proxy_addons.forward import Forward
 from proxy_addons.intake import Intake
 from proxy_addons.meter import Meter
@@ -33,6 +34,7 @@ def build_pipeline(services: Services) -> list[Any]:
         Forward(services),         # request: the gate, then provider URL, headers, key
         Meter(),                   # responseheaders/response: stream tap, provider errors
         Settle(),                  # response/error: what it costs (numbers only)
+        ErrorPage(),               # error: status/code of mitmproxy's own error answer (JSON)
         Record(services),          # response/error: one record -> the background writer
         Scrub(),                   # drop bodies and credentials from the flow
     ]

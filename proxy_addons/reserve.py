@@ -60,7 +60,7 @@ class Reserve:
         state.reserved = True
 
     def _reserve(self, account_id: str, amount: int, key_id: str, request_id: str) -> str:
-        with self.services.db.transaction() as session:
+        with self.services.write_transaction() as session:
             hold = wallet.reserve(session, account_id, amount, key_id=key_id,
                                   request_id=request_id,
                                   ttl_seconds=self.services.config.wallet["hold_ttl_seconds"])

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import math
 import os
 import threading
@@ -33,6 +32,8 @@ with warnings.catch_warnings():
 from control.core.config import Config
 from control.core.db import Database
 from control.core.errors import ConfigError
+from control.core.net import is_loopback
+from proxy_addons import errorpage
 from proxy_addons.pipeline import build_pipeline
 from proxy_addons.safety import SAFE_OPTIONS, install_logging
 from proxy_addons.services import Services, build_services
@@ -40,15 +41,6 @@ from proxy_addons.services import Services, build_services
 #: The reverse-mode target mitmproxy needs; every forwarded flow is re-pointed by the
 #: forward step, so nothing is ever sent here (port 9 is "discard", refused on loopback).
 PLACEHOLDER_UPSTREAM = "http://127.0.0.1:9"
-
-
-def _is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _private_file(path: Path, data: bytes) -> Path:
@@ -67,7 +59,7 @@ def mitmproxy_options(config: Config, *, listen_host: str | None = None,
     port = listen_port if listen_port is not None else proxy["listen_port"]
     tls = proxy.get("tls") or {}
     has_cert = bool(tls.get("cert_file") and tls.get("key_file"))
-    if not has_cert and not _is_loopback_host(host) and not proxy["allow_plain_http"]:
+    if not has_cert and not is_loopback(host) and not proxy["allow_plain_http"]:
         raise ConfigError("proxy.listen_host is not loopback: configure proxy.tls.cert_file "
                               "and key_file, or set proxy.allow_plain_http: true")
     confdir = config.data_dir / "mitmproxy"
@@ -147,6 +139,7 @@ class ProxyServer:
     def start(self, timeout: float = 20.0) -> ProxyServer:
         if self._log:
             install_logging()
+        errorpage.install()  # mitmproxy's own error answers become hushgate JSON
         self.services = build_services(self.config, self._db)
         self.services.writer.start()
         self._thread = threading.Thread(target=self._run, name="hushgate-proxy", daemon=True)

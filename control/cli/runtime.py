@@ -141,8 +141,9 @@ def _control_services(host: str | None = None, port: int | None = None, threads:
               help="Don't run retention and mail delivery here (extra replicas).")
 def serve_command(host: str | None, port: int | None, threads: int,
                   no_housekeeping: bool) -> None:
-    """Run the control plane (admin UI, portal, API, webhook) on waitress, with the
-    scheduled retention purge, policy publication and mail delivery."""
+    """Run the control plane (admin UI, portal, API, webhook) on cheroot, over HTTPS when
+    control.tls is set, with the scheduled retention purge, policy publication and mail
+    delivery."""
     run_services(_control_services(host, port, threads, housekeeping=not no_housekeeping))
 
 

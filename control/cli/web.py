@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from control.cli.common import emit_json, group, json_option, state
-from control.core import accounts, admin_tokens
+from control.core import accounts, admin_tokens, totp
 
 users_group = group("users", "Control-plane operators (admins and read-only viewers).")
 
@@ -34,9 +34,27 @@ def users_list(as_json: bool) -> None:
         return
     for u in rows:
         flag = " (disabled)" if u["disabled"] else ""
-        click.echo(f"{u['username']:<24} {u['role']:<7} {u['id']}{flag}")
+        two_factor = "2fa" if u["totp_enabled"] else "-"
+        click.echo(f"{u['username']:<24} {u['role']:<7} {two_factor:<4} {u['id']}{flag}")
     if not rows:
         click.echo("no users")
+
+
+@users_group.command("totp-reset")
+@click.argument("username")
+def users_totp_reset(username: str) -> None:
+    """Turn off USERNAME's two-factor sign-in (e.g. a lost device). Audited.
+
+    They then sign in with their password alone and can set it up again under Security."""
+    with state().unit_of_work() as ctx:
+        user = accounts.get_user_by_name(ctx.session, username)
+        if user is None:
+            raise click.ClickException(f"unknown user {username!r}")
+        was_on = totp.disable(ctx, user.id)
+    if was_on:
+        click.echo(f"two-factor sign-in is off for {username}")
+    else:
+        click.echo(f"{username} had no two-factor sign-in: nothing to do")
 
 
 tokens_group = group("tokens", "Admin API tokens (Authorization: Bearer hga_…).")

@@ -88,6 +88,7 @@ def list_users(session: Session) -> list[User]:
 
 def user_dict(u: User) -> dict[str, object]:
     return {"id": u.id, "username": u.username, "role": u.role, "disabled": u.disabled,
+            "totp_enabled": u.totp_enabled_at is not None,
             "created_at": u.created_at.isoformat(),
             "last_login_at": u.last_login_at.isoformat() if u.last_login_at else None}
 

@@ -52,6 +52,8 @@ class Action(StrEnum):
     USER_SIGNED_IN = "user.signed_in"
     USER_SIGNED_OUT = "user.signed_out"
     USER_SIGN_IN_FAILED = "user.sign_in_failed"
+    USER_TOTP_ENABLED = "user.totp_enabled"
+    USER_TOTP_DISABLED = "user.totp_disabled"
     SESSION_REVOKED = "session.revoked"
     ADMIN_TOKEN_CREATED = "admin_token.created"
     ADMIN_TOKEN_REVOKED = "admin_token.revoked"

@@ -61,7 +61,13 @@ class User(Base):
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(100))
     role: Mapped[str] = mapped_column(String(16), default="admin")  # admin|viewer
-    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    # Two-factor sign-in (control.core.totp). The RFC 6238 secret is stored only encrypted
+    # (AES-256-GCM under a key derived from the session secret); a secret with no
+    # ``totp_enabled_at`` is an enrollment that was started but not confirmed yet.
+    totp_secret_enc: Mapped[str | None] = mapped_column(String(200))
+    totp_enabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The last accepted time step: a code for this step or an earlier one is refused (replay).
+    totp_last_step: Mapped[int | None] = mapped_column(BigId)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[created_at]
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -7,6 +7,11 @@ after ``session_idle_minutes`` without use and ``session_absolute_hours`` after 
 
 Failed sign-ins are counted per subject — an HMAC of the principal kind and name under the
 session secret, never the name itself — inside a sliding window.
+
+An operator with two-factor sign-in (``control.core.totp``) gets, for the right password, only
+a *pending* session (kind ``pending``): it authenticates nothing — the web layer treats only
+``user`` sessions as signed in — and lives ``PENDING_SECONDS`` at most, until
+``totp.finish_sign_in`` exchanges it and a current code for a new ``user`` session.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from control.core.context import Ctx
 from control.core.errors import HushgateError
 from control.core.models import Account, LoginFailure, User, WebSession
 
-KINDS = ("user", "account")
+PENDING = "pending"  # right password, second factor still due: grants nothing
+KINDS = ("user", "account", PENDING)
+PENDING_SECONDS = 300  # time allowed between the password and the code
 TOUCH_SECONDS = 60  # last_seen_at is refreshed at most this often (idle timeout granularity)
 
 
@@ -107,9 +114,12 @@ def end(session: Session, sid: str) -> None:
 
 
 def revoke_principal(ctx: Ctx, kind: str, principal_id: str) -> int:
-    """End every session of a principal (an admin action, audited when any was live)."""
+    """End every session of a principal (an admin action, audited when any was live).
+
+    For an operator this includes a sign-in waiting for its second factor."""
+    kinds = (kind, PENDING) if kind == "user" else (kind,)
     result = ctx.session.execute(update(WebSession)
-                                 .where(WebSession.principal_kind == kind,
+                                 .where(WebSession.principal_kind.in_(kinds),
                                         WebSession.principal_id == principal_id,
                                         WebSession.revoked_at.is_(None))
                                  .values(revoked_at=utcnow()))
@@ -131,9 +141,11 @@ def purge_expired(session: Session, config: Config, now: datetime | None = None)
     """Delete sessions that can no longer be used (housekeeping)."""
     now = now or utcnow()
     idle, absolute = _limits(config)
+    pending_gone = ((WebSession.principal_kind == PENDING)
+                    & (WebSession.created_at < now - timedelta(seconds=PENDING_SECONDS)))
     result = session.execute(delete(WebSession).where(
         (WebSession.revoked_at.is_not(None)) | (WebSession.created_at < now - absolute)
-        | (WebSession.last_seen_at < now - idle)))
+        | (WebSession.last_seen_at < now - idle) | pending_gone))
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
@@ -179,21 +191,49 @@ class SignInThrottled(HushgateError):
     code = "too_many_attempts"
 
 
+class SignInExpired(HushgateError):
+    """The pending second step is gone (too slow, throttled, signed out or revoked)."""
+
+    code = "sign_in_expired"
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """A session a sign-in step opened: the cookie token, the session kind and the principal.
+
+    ``kind`` is ``PENDING`` when the password was right but a second factor is still due:
+    that session authenticates nothing."""
+
+    token: str
+    kind: str
+    principal_id: str
+
+    @property
+    def needs_code(self) -> bool:
+        return self.kind == PENDING
+
+
 def sign_in(session: Session, config: Config, kind: str, name: str,
-            password: str) -> tuple[str, str]:
+            password: str) -> SignedIn:
     """Check a user's (``kind='user'``) or account holder's (``'account'``) credentials and
-    open a session. Returns the cookie token and the principal id. Throttled per subject;
-    every outcome audited. A refusal raises after recording the failure, so the caller
-    catches it *inside* its transaction to commit the failure record."""
+    open a session. Throttled per subject; every outcome audited. A refusal raises after
+    recording the failure, so the caller catches it *inside* its transaction to commit the
+    failure record.
+
+    An operator with two-factor sign-in gets a ``PENDING`` session instead, and the failure
+    count is *not* cleared yet: wrong codes keep counting against the same limit, and
+    re-entering the password cannot reset it."""
     subject = login_subject(config, kind, name)
     if is_throttled(session, config, subject):
         raise SignInThrottled("too many failed sign-ins: wait a few minutes and try again")
     principal_id: str | None = None
     stored: str | None = None
+    needs_code = False
     if kind == "user":
         user = session.scalar(select(User).where(User.username == (name or "").strip()))
         if user is not None and not user.disabled:
             principal_id, stored = user.id, user.password_hash
+            needs_code = user.totp_enabled_at is not None
     else:
         ref = (name or "").strip()
         account = session.scalar(select(Account).where(func.lower(Account.email) == ref.lower(),
@@ -208,15 +248,26 @@ def sign_in(session: Session, config: Config, kind: str, name: str,
         record_failure(session, subject)
         audit.record(session, key, actor, Action.USER_SIGN_IN_FAILED, kind, principal_id)
         raise SignInRefused("wrong name or password")
+    if needs_code:
+        return SignedIn(start(session, PENDING, principal_id), PENDING, principal_id)
+    return complete_sign_in(session, config, kind, principal_id, subject)
+
+
+def complete_sign_in(session: Session, config: Config, kind: str, principal_id: str,
+                     subject: str, **details: Any) -> SignedIn:
+    """Every factor checked: clear the failures, audit, and open the real session."""
     clear_failures(session, subject)
     if kind == "user":
         session.execute(update(User).where(User.id == principal_id)
                         .values(last_login_at=utcnow()))
-    audit.record(session, key, actor, Action.USER_SIGNED_IN, kind, principal_id)
-    return start(session, kind, principal_id), principal_id
+    audit.record(session, config.audit_hmac_key(), Actor(kind, principal_id),
+                 Action.USER_SIGNED_IN, kind, principal_id, **details)
+    return SignedIn(start(session, kind, principal_id), kind, principal_id)
 
 
 def sign_out(session: Session, config: Config, sid: str, kind: str, principal_id: str) -> None:
     end(session, sid)
+    if kind == PENDING:
+        return  # abandoned before the second factor: nobody was signed in
     audit.record(session, config.audit_hmac_key(), Actor(kind, principal_id),
                  Action.USER_SIGNED_OUT, kind, principal_id)

@@ -6,13 +6,32 @@ from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 
-from control.core import accounts, admin_tokens, audit, erasure, keys, sessions, stats, wallet
+from control.core import (
+    accounts,
+    admin_tokens,
+    audit,
+    erasure,
+    keys,
+    sessions,
+    stats,
+    totp,
+    wallet,
+)
 from control.core import retention as retention_service
 from control.core.base import utcnow
 from control.core.errors import HushgateError, NotFound
-from control.core.models import Account
+from control.core.models import Account, User
 from control.web import charts
-from control.web.auth import admin_required, begin, current_user, finish, safe_next, user_actor
+from control.web.auth import (
+    abandon,
+    admin_required,
+    begin,
+    current_user,
+    finish,
+    pending_sign_in,
+    safe_next,
+    user_actor,
+)
 from control.web.ext import hg
 from control.web.forms import (
     error_status,
@@ -22,6 +41,7 @@ from control.web.forms import (
     optional_datetime,
     optional_int,
 )
+from control.web.qr import qr_svg
 
 bp = Blueprint("web", __name__, template_folder="templates")
 PAGE = 50
@@ -41,17 +61,51 @@ def login() -> Any:
     if request.method == "GET":
         return render_template("web/login.html", next=next_url, errors={})
     error: HushgateError | None = None
+    earlier = pending_sign_in()
     with hg().db.transaction() as db:
+        if earlier is not None:  # starting over ends the half-finished sign-in
+            sessions.end(db, earlier[0])
         try:
-            token, user_id = sessions.sign_in(db, hg().config, "user", field("username", 64),
-                                              request.form.get("password") or "")
+            signed_in = sessions.sign_in(db, hg().config, "user", field("username", 64),
+                                         request.form.get("password") or "")
         except (sessions.SignInRefused, sessions.SignInThrottled) as exc:
             error = exc
     if error is not None:
+        if earlier is not None:
+            abandon()
         status = 429 if isinstance(error, sessions.SignInThrottled) else 401
         return render_template("web/login.html", next=next_url,
                                errors={"_": str(error)}), status
-    begin(token, "user", user_id)
+    begin(signed_in.token, signed_in.kind, signed_in.principal_id)
+    if signed_in.needs_code:
+        return redirect(url_for("web.login_code", next=next_url))
+    return redirect(next_url)
+
+
+@bp.route("/login/code", methods=["GET", "POST"])
+def login_code() -> Any:
+    """The second sign-in step of an operator with two-factor sign-in."""
+    next_url = safe_next(request.values.get("next"), url_for("web.dashboard"))
+    pending = pending_sign_in()
+    if pending is None:
+        return redirect(url_for("web.login", next=next_url))
+    if request.method == "GET":
+        return render_template("web/login_code.html", next=next_url, errors={})
+    error: HushgateError | None = None
+    with hg().db.transaction() as db:
+        try:
+            signed_in = totp.finish_sign_in(db, hg().config, pending[0], field("code", 20))
+        except HushgateError as exc:  # caught inside: the failure record is committed
+            error = exc
+    if isinstance(error, totp.InvalidCode):
+        return render_template("web/login_code.html", next=next_url,
+                               errors={"code": str(error)}), 401
+    if error is not None:  # expired, throttled or unreadable: the pending session ended
+        abandon()
+        status = 429 if isinstance(error, sessions.SignInThrottled) else 401
+        return render_template("web/login.html", next=next_url,
+                               errors={"_": str(error)}), status
+    begin(signed_in.token, signed_in.kind, signed_in.principal_id)
     return redirect(next_url)
 
 
@@ -437,6 +491,97 @@ def token_revoke(key_id: str) -> Any:
         admin_tokens.revoke_token(ctx, key_id)
     flash(f"Token {key_id} revoked.")
     return redirect(url_for("web.operators"))
+
+
+@bp.post("/users/<user_id>/totp/disable")
+@admin_required("admin")
+def user_totp_disable(user_id: str) -> Any:
+    """An admin turns off another operator's second factor (e.g. a lost device)."""
+    me = current_user()
+    assert me is not None
+    if user_id == me.id:
+        return redirect(url_for("web.security"))  # one's own needs a current code
+    try:
+        with hg().uow(user_actor()) as ctx:
+            was_on = totp.disable(ctx, user_id[:32])
+    except NotFound:
+        abort(404)
+    flash("Two-factor sign-in turned off." if was_on else "Two-factor sign-in was not on.")
+    return redirect(url_for("web.operators"))
+
+
+# -- the signed-in operator's own security settings -----------------------------------------
+
+
+def _security_page(errors: dict[str, str] | None = None, status: int = 200) -> Any:
+    me = current_user()
+    assert me is not None
+    with hg().reader() as db:
+        user = db.get(User, me.id)
+    assert user is not None
+    enrollment = totp.pending_enrollment(hg().config, user)
+    return render_template("web/security.html", me=user, totp_state=totp.state(user),
+                           enrollment=enrollment,
+                           qr=qr_svg(enrollment.uri) if enrollment else None,
+                           errors=errors or {}), status
+
+
+@bp.get("/security")
+@admin_required()
+def security() -> Any:
+    return _security_page()
+
+
+@bp.post("/security/totp/begin")
+@admin_required()
+def totp_begin() -> Any:
+    try:
+        with hg().uow(user_actor()) as ctx:
+            totp.begin_enrollment(ctx, user_actor().id)
+    except HushgateError as exc:
+        return _security_page(errors_of(exc), error_status(exc))
+    # The secret is shown by the page (from the encrypted column), never put in the session.
+    return redirect(url_for("web.security"))
+
+
+@bp.post("/security/totp/confirm")
+@admin_required()
+def totp_confirm() -> Any:
+    try:
+        with hg().uow(user_actor()) as ctx:
+            totp.confirm_enrollment(ctx, user_actor().id, field("code", 20))
+    except HushgateError as exc:
+        return _security_page(errors_of(exc), error_status(exc))
+    flash("Two-factor sign-in is on: signing in now asks for a code after the password.")
+    return redirect(url_for("web.security"))
+
+
+@bp.post("/security/totp/cancel")
+@admin_required()
+def totp_cancel() -> Any:
+    try:
+        with hg().uow(user_actor()) as ctx:
+            totp.cancel_enrollment(ctx, user_actor().id)
+    except HushgateError as exc:
+        return _security_page(errors_of(exc), error_status(exc))
+    flash("Set-up cancelled.")
+    return redirect(url_for("web.security"))
+
+
+@bp.post("/security/totp/disable")
+@admin_required()
+def totp_disable() -> Any:
+    error: HushgateError | None = None
+    with hg().uow(user_actor()) as ctx:
+        try:
+            totp.disable(ctx, user_actor().id, code=field("code", 20))
+        except HushgateError as exc:  # caught inside: a wrong code's failure record is kept
+            error = exc
+    if error is not None:
+        status = 429 if isinstance(error, sessions.SignInThrottled) else error_status(error)
+        return _security_page(errors_of(error), status)
+    flash("Two-factor sign-in is off.")
+    return redirect(url_for("web.security"))
 
 
 @bp.post("/users/<user_id>/sessions/revoke")

@@ -102,6 +102,21 @@ def begin(token: str, kind: str, principal_id: str) -> None:
     g.pop("hg_account", None)
 
 
+def pending_sign_in() -> tuple[str, str] | None:
+    """(session id, user id) of a sign-in waiting for its second factor, or None.
+
+    Such a session authenticates nothing: ``current_user`` only accepts ``user`` sessions."""
+    s = _session()
+    if s.sid and s.kind == sessions.PENDING and s.principal_id:
+        return s.sid, s.principal_id
+    return None
+
+
+def abandon() -> None:
+    """Drop the cookie of a session that has already ended in the database."""
+    _session().end()
+
+
 def finish() -> None:
     """End the session in the database and drop the cookie."""
     s = _session()

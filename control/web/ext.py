@@ -23,6 +23,21 @@ def _has_tls(section: dict[str, Any]) -> bool:
     return bool(tls.get("cert_file") and tls.get("key_file"))
 
 
+def resolve_secure_cookies(control: dict[str, Any], host: str) -> bool:
+    """Whether the session cookie is marked Secure when the control plane listens on ``host``.
+
+    Always under ``control.tls`` (the listener speaks HTTPS only); otherwise
+    ``control.secure_cookies``, or when that is null: Secure unless this is plain HTTP on
+    loopback (where browsers would not send a Secure cookie back).
+    """
+    if _has_tls(control):
+        return True
+    explicit = control.get("secure_cookies")
+    if explicit is not None:
+        return bool(explicit)
+    return not is_loopback(host)
+
+
 class Hushgate:
     """What every view needs, kept in ``app.extensions['hushgate']``."""
 
@@ -31,13 +46,9 @@ class Hushgate:
         self.db = db
         self.owns_db = owns_db
         self.verifier = TokenVerifier(config.auth["bcrypt_cost"])
-        c = config.control
-        explicit = c.get("secure_cookies")
-        if explicit is not None:
-            self.secure_cookies = bool(explicit)
-        else:
-            # Secure unless this is plain HTTP on loopback (where browsers can't send it).
-            self.secure_cookies = _has_tls(c) or not is_loopback(c["listen_host"])
+        # ControlServer re-resolves this for the address it actually listens on.
+        self.secure_cookies = resolve_secure_cookies(config.control,
+                                                     config.control["listen_host"])
         self.last_verify: dict[str, Any] | None = None
 
     @contextmanager

@@ -73,15 +73,14 @@ def login() -> Any:
     error: HushgateError | None = None
     with hg().db.transaction() as db:
         try:
-            token, account_id = sessions.sign_in(db, hg().config, "account",
-                                                 field("email", 254),
-                                                 request.form.get("password") or "")
+            signed_in = sessions.sign_in(db, hg().config, "account", field("email", 254),
+                                         request.form.get("password") or "")
         except (sessions.SignInRefused, sessions.SignInThrottled) as exc:
             error = exc
     if error is not None:
         status = 429 if isinstance(error, sessions.SignInThrottled) else 401
         return render_template("portal/login.html", errors={"_": str(error)}), status
-    begin(token, "account", account_id)
+    begin(signed_in.token, "account", signed_in.principal_id)
     return redirect(url_for("portal.home"))
 
 

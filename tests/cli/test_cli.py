@@ -129,3 +129,41 @@ def test_unreachable_database_is_one_line(tmp_path):
                                    "database": {"url": "postgresql://nobody@127.0.0.1:1/x"}}))
     result = CliRunner().invoke(cli, ["--config", str(cfg), "accounts", "list"])
     assert result.exit_code == 1 and "cannot reach the database" in result.output
+
+
+def test_users_totp_reset(run, tmp_path):
+    """An operator who lost their device: `users totp-reset` turns the second factor off."""
+    import pyotp
+
+    from control.core import accounts, sessions, totp
+    from control.core.audit import Actor
+    from control.core.config import load_config
+    from control.core.context import Ctx
+    from control.core.db import Database
+
+    run("init")
+    config = load_config(tmp_path / "hushgate.yaml")
+    db = Database.from_config(config)
+    try:
+        with db.transaction() as s:
+            user_id = accounts.get_user_by_name(s, "admin").id
+            ctx = Ctx(s, config, Actor("user", user_id))
+            enrollment = totp.begin_enrollment(ctx, user_id)
+            now = 1_900_000_005.0
+            totp.confirm_enrollment(ctx, user_id, pyotp.TOTP(enrollment.secret).at(now),
+                                    now=now)
+        assert " 2fa " in run("users", "list").output
+        assert json.loads(run("users", "list", "--json").output)[0]["totp_enabled"] is True
+
+        assert "two-factor sign-in is off for admin" in run("users", "totp-reset", "admin").output
+        assert "nothing to do" in run("users", "totp-reset", "admin").output
+        assert "unknown user 'nobody'" in run("users", "totp-reset", "nobody", ok=False).output
+        events = json.loads(run("audit", "list", "--action", "user.totp_disabled",
+                                "--json").output)
+        assert [(e["actor"], e["target_id"], e["details"]) for e in events] == [
+            ("cli:tester", user_id, {"method": "reset"})]
+        with db.transaction() as s:  # the password alone signs in again
+            assert not sessions.sign_in(s, config, "user", "admin",
+                                        "a-long-enough-password").needs_code
+    finally:
+        db.dispose()

@@ -18,6 +18,7 @@ from control.core.config import Config
 from control.core.context import Ctx
 from control.core.db import Database
 from control.core.models import Hold, RequestRecord
+from control.simulator import Simulator
 from proxy_addons.runner import ProxyServer
 
 ACTOR = Actor("cli", "test-admin")
@@ -120,10 +121,6 @@ class Gateway:
 
 @pytest.fixture
 def sim() -> Iterator[Any]:
-    simulator_module = pytest.importorskip("control.simulator")
-    Simulator = getattr(simulator_module, "Simulator", None)  # noqa: N806
-    if Simulator is None:
-        pytest.skip("control.simulator.Simulator is not available yet")
     simulator = Simulator(port=0)
     simulator.start()
     yield simulator

@@ -83,3 +83,27 @@ def test_fifty_concurrent_requests_race_for_the_last_funds(make_gateway):
     assert ok <= (funds - hold) // min(costs) + 1
     assert len(gw.sim.requests) == ok
     assert all(r["error_type"] == "insufficient_funds" for r in recs if r["status"] == 402)
+
+
+def test_a_charge_through_the_proxy_that_crosses_the_threshold_queues_one_low_balance_notice(
+        make_gateway):
+    from sqlalchemy import select
+
+    from control.core.models import Notification
+
+    gw = make_gateway(balance=1_000, wallet={"low_balance_threshold": 999})
+
+    def low_balance_notices() -> list[tuple[bool, str, str]]:
+        gw.drain()
+        with gw.db.read_transaction() as s:
+            return [(n.essential, n.status, repr(n.params)) for n in s.scalars(
+                select(Notification).where(Notification.account_id == gw.account_id,
+                                           Notification.kind == "low_balance"))]
+
+    for _ in range(2):  # the first charge crosses the threshold, the second is already below
+        status, _answer = post(gw.port, "/v1/chat/completions", body(), headers(gw.key))
+        assert status == 200
+    ((essential, status, params),) = low_balance_notices()
+    assert essential and status == "queued"
+    assert gw.key not in params
+    assert gw.assert_books_balance().balance < 999

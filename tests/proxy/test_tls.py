@@ -3,57 +3,19 @@ trusts only a test CA), and the safe options refuse a plain non-loopback listene
 
 from __future__ import annotations
 
-import datetime as dt
 import http.client
-import ipaddress
 import json
 import ssl
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from proxy_helpers import make_config
 
 from control.core.errors import ConfigError
 from proxy_addons.runner import mitmproxy_options
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def make_ca_and_leaf(tmp_path):
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("hushgate test CA"))
-          .issuer_name(_name("hushgate test CA")).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now)
-          .not_valid_after(now + dt.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (x509.CertificateBuilder().subject_name(_name("localhost")).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    paths = {}
-    for name, data in (("ca.pem", ca.public_bytes(serialization.Encoding.PEM)),
-                       ("cert.pem", leaf.public_bytes(serialization.Encoding.PEM)),
-                       ("key.pem", key.private_bytes(serialization.Encoding.PEM,
-                                                     serialization.PrivateFormat.PKCS8,
-                                                     serialization.NoEncryption()))):
-        (tmp_path / name).write_bytes(data)
-        paths[name] = str(tmp_path / name)
-    return paths
-
-
-def test_tls_listener_with_configured_certificate(make_gateway, tmp_path):
-    paths = make_ca_and_leaf(tmp_path)
+def test_tls_listener_with_configured_certificate(make_gateway, test_ca):
+    paths = test_ca
     gw = make_gateway(proxy={"tls": {"cert_file": paths["cert.pem"],
                                      "key_file": paths["key.pem"]}})
     ctx = ssl.create_default_context(cafile=paths["ca.pem"])

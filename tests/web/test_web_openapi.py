@@ -1,5 +1,5 @@
 """schemas/openapi.json matches the registered /api/v1 routes, and a bounded fuzz of every
-operation against a live ControlServer (waitress on port 0) finds no 5xx or undocumented
+operation against a live ControlServer (cheroot on port 0) finds no 5xx or undocumented
 status, content type or response shape."""
 
 from __future__ import annotations
