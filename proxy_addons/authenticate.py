@@ -2,8 +2,9 @@
 
 The key is checked by ``control.core.keys.KeyAuthenticator`` (bcrypt once, then an
 in-memory cache keyed by an HMAC of the key; revocations polled from the database) on a
-worker thread. Requests per minute are limited here; the key's other scopes are checked by
-the steps that know the model and the cost.
+worker thread. Requests per minute are limited here (per process, or shared by every proxy
+through Redis: ``proxy_addons.limits``); the key's other scopes are checked by the steps that
+know the model and the cost.
 
 Concurrent requests with the same key share one check (single flight): when the key is not
 in the cache (cold start, or its cache entry just expired), 32 concurrent requests would
@@ -88,7 +89,8 @@ class Authenticate:
         state.key_id, state.account_id = principal.key_id, principal.account_id
         state.principal = principal
         if principal.rpm_limit is not None:
-            wait = self.services.rpm.try_acquire(principal.key_id, principal.rpm_limit)
+            wait = await self.services.acquire(self.services.rpm, principal.key_id,
+                                               principal.rpm_limit)
             if wait is not None:
                 raise Refusal(429, "rate_limited", "this API key's requests-per-minute limit "
                               "is reached", retry_after=wait)

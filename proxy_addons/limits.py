@@ -17,14 +17,15 @@ counts weight after the fact (actual tokens once known):
   calls block (socket timeouts 0.25 s): the pipeline runs them on the worker threads
   (:meth:`proxy_addons.services.Services.acquire` / ``count``), never on the event loop.
 
-Degraded mode: when Redis is unreachable or answers with an error, the request is not
-refused and not delayed by retries — the window falls back to its in-process
-:class:`SlidingWindow`, so each process still enforces the limits per process (as without
-Redis). Every event counted in Redis is mirrored there, so the fallback starts with this
-process's last minute. An outage logs one warning (the error's class name only: no URL, no
-key), then one call every few seconds probes Redis, and the shared window resumes when it
-answers. Limits are a safeguard, not billing (the wallet is in the database): failing open to
-per-process limits beats refusing every request while Redis is down.
+Degraded mode: when Redis is unreachable, too slow or answers with an error, no request is
+refused for it and the call is not retried: the window falls back to its in-process
+:class:`SlidingWindow`, so each process still enforces the limits on its own traffic (as
+without Redis). Every event counted in Redis is mirrored there, so the fallback starts with
+this process's last minute. An outage logs one warning (the error's class name only: never
+the URL, which may carry a password, nor a key), then at most one call every 5 s probes Redis
+(and may wait up to the 0.25 s timeout); the shared window resumes as soon as a probe
+succeeds. Limits are a safeguard, not billing (the wallet lives in the database): falling
+back to per-process limits beats refusing every request while Redis is down.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 log = logging.getLogger("hushgate.proxy")
@@ -187,21 +189,23 @@ class RedisLink:
 
     def run(self, keys: list[str], args: list[Any]) -> int | None:
         """The window script's answer, or None when Redis is unavailable."""
-        return self._call(lambda: int(self._script(keys=keys, args=args)))
+        answer = self._call(lambda: self._script(keys=keys, args=args))
+        return None if answer is None else int(answer)
 
     def check(self) -> bool:
-        """Ping Redis (at start, so a wrong URL is reported before the first request)."""
-        return self._call(lambda: int(bool(self._client.ping()))) is not None
+        """Ping Redis (at start, so a bad URL or password is reported before any request)."""
+        return self._call(self._client.ping) is not None
 
-    def _call(self, fn: Any) -> int | None:
-        if self._down and not self._may_probe():
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        probe = self._down
+        if probe and not self._may_probe():
             return None
         try:
             answer = fn()
         except self._errors as exc:
             self._failed(exc)
             return None
-        if self._down:
+        if probe:  # only a probe ends an outage, so a flapping Redis can't spam warnings
             self._recovered()
         return answer
 
@@ -209,7 +213,7 @@ class RedisLink:
         """While down: True for one caller every ``retry_seconds`` (the others fall back)."""
         with self._lock:
             now = time.monotonic()
-            if not self._down or now >= self._probe_at:
+            if now >= self._probe_at:
                 self._probe_at = now + self.retry_seconds
                 return True
             return False
@@ -273,7 +277,5 @@ class RedisWindow:
         """Count weight after the fact (actual tokens once known)."""
         if weight <= 0:
             return
-        if self._run(key, -1, weight) is None:
-            self.fallback.add(key, weight)
-        else:
-            self.fallback.add(key, weight)
+        self._run(key, -1, weight)
+        self.fallback.add(key, weight)  # mirrored in-process, or counted there if Redis is down

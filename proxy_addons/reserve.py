@@ -41,8 +41,8 @@ class Reserve:
         assert principal is not None
         state.input_estimate = input_estimate(state.request_bytes)
         if principal.tpm_limit is not None:
-            wait = self.services.tpm.try_acquire(principal.key_id, principal.tpm_limit,
-                                                 state.input_estimate)
+            wait = await self.services.acquire(self.services.tpm, principal.key_id,
+                                               principal.tpm_limit, state.input_estimate)
             if wait is not None:
                 raise Refusal(429, "rate_limited", "this API key's tokens-per-minute limit "
                               "is reached", retry_after=wait)

@@ -1,8 +1,8 @@
 """What the pipeline's steps share: configuration, database, authenticator, limits, writer.
 
 Built once per proxy process by :func:`build_services`; nothing happens at import time.
-Blocking work (bcrypt, database) runs on ``executor`` (sized like the connection pool) so a
-slow query never stalls the event loop.
+Blocking work (bcrypt, database, the shared rate limits' Redis round trips) runs on
+``executor`` (sized like the connection pool) so a slow query never stalls the event loop.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from control.core.config import Config
 from control.core.db import Database
 from control.core.keys import KeyAuthenticator
-from proxy_addons.limits import SlidingWindow
+from proxy_addons.limits import RateWindow, RedisLink, RedisWindow, SlidingWindow
 from proxy_addons.writer import RecordWriter
 
 T = TypeVar("T")
@@ -36,8 +36,9 @@ class Services:
     authenticator: KeyAuthenticator
     writer: RecordWriter
     executor: ThreadPoolExecutor
-    rpm: SlidingWindow = field(default_factory=SlidingWindow)
-    tpm: SlidingWindow = field(default_factory=SlidingWindow)
+    rpm: RateWindow = field(default_factory=SlidingWindow)
+    tpm: RateWindow = field(default_factory=SlidingWindow)
+    redis: RedisLink | None = None  # the shared windows' connection (auth.redis_url)
     privacy_key: bytes = b""
     owns_db: bool = True
     write_lock: contextlib.AbstractContextManager[Any] = field(
@@ -47,6 +48,23 @@ class Services:
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work (bcrypt, SQL) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def acquire(self, window: RateWindow, key_id: str, limit: int,
+                      weight: int = 1) -> int | None:
+        """Count ``weight`` against a rate window: None, or the seconds to wait (429).
+        The shared (Redis) window's round trip runs on a worker thread."""
+        if window.blocking:
+            return await self.blocking(window.try_acquire, key_id, limit, weight)
+        return window.try_acquire(key_id, limit, weight)
+
+    def count(self, window: RateWindow, key_id: str, weight: int) -> None:
+        """Count weight after the fact without waiting for it (Redis: on a worker thread)."""
+        if weight <= 0:
+            return
+        if window.blocking:
+            self.executor.submit(window.add, key_id, weight)
+        else:
+            window.add(key_id, weight)
 
     @contextlib.contextmanager
     def write_transaction(self) -> Iterator[Session]:
@@ -66,6 +84,8 @@ class Services:
     def close(self) -> None:
         self.writer.close()
         self.executor.shutdown(wait=True, cancel_futures=False)
+        if self.redis is not None:
+            self.redis.close()
         if self.owns_db:
             self.db.dispose()
 
@@ -100,6 +120,15 @@ def write_lock_for(db: Database) -> contextlib.AbstractContextManager[Any]:
     return threading.Lock() if db.dialect == "sqlite" else contextlib.nullcontext()
 
 
+def rate_windows(redis_url: str | None) -> tuple[RateWindow, RateWindow, RedisLink | None]:
+    """The RPM and TPM windows: shared by every proxy through Redis if ``auth.redis_url``."""
+    if not redis_url:
+        return SlidingWindow(), SlidingWindow(), None
+    link = RedisLink(redis_url)
+    link.check()  # a bad URL or password is reported at start, not at the first request
+    return RedisWindow(link, "rpm"), RedisWindow(link, "tpm"), link
+
+
 def build_services(config: Config, db: Database | None = None) -> Services:
     """Everything the pipeline needs, from the configuration."""
     owns = db is None
@@ -114,10 +143,12 @@ def build_services(config: Config, db: Database | None = None) -> Services:
                           flush_ms=proxy["record_flush_ms"], jsonl_path=proxy["records_jsonl"],
                           write_lock=lock, config=config)
     workers = max(4, config.raw["database"]["pool_size"])
+    rpm, tpm, link = rate_windows(config.redis_url)
     key = b""
     privacy = config.privacy
     if privacy.get("client_ip") == "hashed" or privacy.get("user_agent") == "hashed":
         key = hmac.new(config.audit_hmac_key(), b"hushgate:privacy", hashlib.sha256).digest()
     return Services(config=config, db=db, authenticator=authenticator, writer=writer,
                     executor=ThreadPoolExecutor(workers, thread_name_prefix="hushgate-db"),
-                    privacy_key=key, owns_db=owns, write_lock=lock)
+                    rpm=rpm, tpm=tpm, redis=link, privacy_key=key, owns_db=owns,
+                    write_lock=lock)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import yaml
@@ -111,6 +112,7 @@ DEFAULTS: dict[str, Any] = {
         "key_cache_ttl_seconds": 60,
         "revocation_poll_ms": 1000,
         "redis_url": None,
+        "redis_url_env": "HUSHGATE_REDIS_URL",
     },
     "privacy": {"client_ip": "off", "user_agent": "off"},
     "secrets": {
@@ -195,6 +197,7 @@ class Config:
     database_url: str
     providers: dict[str, Provider] = field(default_factory=dict)
     models: dict[str, Model] = field(default_factory=dict)
+    redis_url: str | None = None  # shared rate limits (auth.redis_url / redis_url_env)
 
     def section(self, name: str) -> dict[str, Any]:
         return self.raw[name]
@@ -415,4 +418,28 @@ def _resolve(raw: dict[str, Any], cfg_path: Path | None) -> Config:
             max_output_tokens=m.get("max_output_tokens", 4096),
         )
     return Config(raw=raw, path=cfg_path, data_dir=data_dir, database_url=url,
-                  providers=providers, models=models)
+                  providers=providers, models=models, redis_url=_redis_url(raw["auth"]))
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _redis_url(auth: dict[str, Any]) -> str | None:
+    """``auth.redis_url``, else the variable ``auth.redis_url_env`` names, else None. The
+    error never repeats the URL: it may carry a password."""
+    key = "auth.redis_url"
+    url = auth.get("redis_url")
+    if not url and auth.get("redis_url_env"):
+        key = f"auth.redis_url_env ({auth['redis_url_env']})"
+        url = os.environ.get(auth["redis_url_env"])
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError if the port is not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in REDIS_SCHEMES or not (parts.netloc or parts.path):
+        raise ConfigError(f"invalid configuration: {key}: not a Redis URL (expected "
+                          "redis://host:port/db, rediss://… or unix:///path/to/socket)")
+    return url
