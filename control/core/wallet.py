@@ -15,14 +15,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import String, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from control.core import notify
 from control.core.audit import SYSTEM, Action, record
-from control.core.base import utcnow
+from control.core.base import Money, UTCDateTime, new_id, utcnow
 from control.core.config import Config
 from control.core.context import Ctx
 from control.core.errors import (
@@ -179,43 +181,85 @@ def entry_dict(e: LedgerEntry) -> dict[str, object]:
 # -- the proxy's reserve / settle / release -------------------------------------------------
 
 
+# The hot path (every proxied request reserves, then settles or releases) uses Core
+# statements built once, with bound parameters: building ORM update expressions per call and
+# the ORM's bulk-update bookkeeping cost more CPU than the SQL itself. In-session objects of
+# the rows these statements change are expired (:func:`_expire`), so a caller that loaded
+# them earlier in the same session never reads stale money.
+_W, _K, _H, _L = (Wallet.__table__, ApiKey.__table__, Hold.__table__,  # type: ignore[attr-defined]
+                  LedgerEntry.__table__)  # type: ignore[attr-defined]
+_p_acct = bindparam("p_acct", type_=String())
+_p_key = bindparam("p_key", type_=String())
+_p_hold = bindparam("p_hold", type_=String())
+_p_amount = bindparam("p_amount", type_=Money)
+_p_charge = bindparam("p_charge", type_=Money)
+_p_now = bindparam("p_now", type_=UTCDateTime())
+_p_status = bindparam("p_status", type_=String())
+
+_RESERVE_WALLET = (update(_W).where(_W.c.account_id == _p_acct,
+                                    _W.c.balance - _W.c.held >= _p_amount)
+                   .values(held=_W.c.held + _p_amount, updated_at=_p_now)
+                   .returning(_W.c.account_id))
+_RESERVE_KEY = (update(_K).where(_K.c.key_id == _p_key,
+                                 _K.c.budget.is_(None)
+                                 | (_K.c.spent + _K.c.budget_held + _p_amount <= _K.c.budget))
+                .values(budget_held=_K.c.budget_held + _p_amount)
+                .returning(_K.c.key_id))
+_CLOSE_HOLD = (update(_H).where(_H.c.id == _p_hold, _H.c.status == "open")
+               .values(status=_p_status, closed_at=_p_now)
+               .returning(_H.c.account_id, _H.c.key_id, _H.c.amount, _H.c.request_id))
+_WALLET_FOR_UPDATE = (select(_W.c.balance, _W.c.held).where(_W.c.account_id == _p_acct)
+                      .with_for_update())
+_KEY_FOR_UPDATE = (select(_K.c.budget, _K.c.spent, _K.c.budget_held)
+                   .where(_K.c.key_id == _p_key).with_for_update())
+_CHARGE_WALLET = (update(_W).where(_W.c.account_id == _p_acct)
+                  .values(held=_W.c.held - _p_amount, balance=_W.c.balance - _p_charge,
+                          updated_at=_p_now)
+                  .returning(_W.c.balance))
+_CHARGE_KEY = (update(_K).where(_K.c.key_id == _p_key)
+               .values(budget_held=_K.c.budget_held - _p_amount, spent=_K.c.spent + _p_charge))
+
+
+def _expire(session: Session, account_id: str, key_id: str | None) -> None:
+    """Forget in-session copies of the wallet (and key) rows a Core statement changed."""
+    if not session.identity_map:
+        return
+    for cls, ident in ((Wallet, account_id), (ApiKey, key_id)):
+        if ident is not None:
+            obj = session.identity_map.get(identity_key(cls, ident))
+            if obj is not None:
+                session.expire(obj)
+
+
 def reserve(session: Session, account_id: str, amount: int, *, key_id: str | None = None,
             request_id: str | None = None, ttl_seconds: int = 900) -> Hold:
     """Hold ``amount`` atomically, or raise InsufficientFunds / BudgetExceeded."""
     if amount < 0:
         raise ValidationError("hold amount must not be negative", "amount")
-    got = session.execute(
-        update(Wallet)
-        .where(Wallet.account_id == account_id, Wallet.balance - Wallet.held >= amount)
-        .values(held=Wallet.held + amount, updated_at=utcnow())
-        .returning(Wallet.account_id)).first()
+    now = utcnow()
+    got = session.execute(_RESERVE_WALLET, {"p_acct": account_id, "p_amount": amount,
+                                            "p_now": now}).first()
     if got is None:
         raise InsufficientFunds("insufficient balance for this request")
     if key_id is not None:
-        ok = session.execute(
-            update(ApiKey)
-            .where(ApiKey.key_id == key_id,
-                   (ApiKey.budget.is_(None))
-                   | (ApiKey.spent + ApiKey.budget_held + amount <= ApiKey.budget))
-            .values(budget_held=ApiKey.budget_held + amount)
-            .returning(ApiKey.key_id)).first()
+        ok = session.execute(_RESERVE_KEY, {"p_key": key_id, "p_amount": amount}).first()
         if ok is None:
             raise BudgetExceeded("this API key's budget is exhausted")
-    now = utcnow()
-    hold = Hold(account_id=account_id, key_id=key_id, amount=amount, status="open",
-                request_id=request_id, created_at=now,
+    hold = Hold(id=new_id(), account_id=account_id, key_id=key_id, amount=amount,
+                status="open", request_id=request_id, created_at=now,
                 expires_at=now + timedelta(seconds=ttl_seconds))
-    session.add(hold)
-    session.flush()
+    session.execute(insert(_H).values(
+        id=hold.id, account_id=account_id, key_id=key_id, amount=amount, status="open",
+        request_id=request_id, created_at=now, expires_at=hold.expires_at))
+    _expire(session, account_id, key_id)
     return hold
 
 
-def _close(session: Session, hold_id: str, status: str) -> Hold | None:
-    hold = session.execute(
-        update(Hold).where(Hold.id == hold_id, Hold.status == "open")
-        .values(status=status, closed_at=utcnow())
-        .returning(Hold)).scalar()
-    return hold
+def _close(session: Session, hold_id: str, status: str) -> Any:
+    """Close an open hold; its (account_id, key_id, amount, request_id), or None if it was
+    not open (already settled, released or expired: a retry changes nothing)."""
+    return session.execute(_CLOSE_HOLD, {"p_hold": hold_id, "p_status": status,
+                                         "p_now": utcnow()}).first()
 
 
 def settle(session: Session, hold_id: str, actual: int, *, reference: str | None = None,
@@ -228,31 +272,26 @@ def settle(session: Session, hold_id: str, actual: int, *, reference: str | None
     hold = _close(session, hold_id, "settled")
     if hold is None:
         return 0
-    wallet = session.execute(select(Wallet).where(Wallet.account_id == hold.account_id)
-                             .with_for_update()).scalar_one()
+    wallet = session.execute(_WALLET_FOR_UPDATE, {"p_acct": hold.account_id}).one()
     # Never charge more than the hold plus what is still free, so available stays >= 0.
     charge = max(0, min(actual, wallet.balance - (wallet.held - hold.amount)))
-    key = None
     if hold.key_id is not None:
-        key = session.execute(select(ApiKey).where(ApiKey.key_id == hold.key_id)
-                              .with_for_update()).scalar()
+        key = session.execute(_KEY_FOR_UPDATE, {"p_key": hold.key_id}).first()
         if key is not None and key.budget is not None:
             charge = min(charge, key.budget - key.spent - (key.budget_held - hold.amount))
             charge = max(charge, 0)
-    new_balance = session.execute(
-        update(Wallet).where(Wallet.account_id == hold.account_id)
-        .values(held=Wallet.held - hold.amount, balance=Wallet.balance - charge,
-                updated_at=utcnow())
-        .returning(Wallet.balance)).scalar_one()
-    if key is not None:
-        session.execute(update(ApiKey).where(ApiKey.key_id == key.key_id)
-                        .values(budget_held=ApiKey.budget_held - hold.amount,
-                                spent=ApiKey.spent + charge))
+    new_balance = session.execute(_CHARGE_WALLET, {
+        "p_acct": hold.account_id, "p_amount": hold.amount, "p_charge": charge,
+        "p_now": utcnow()}).scalar_one()
+    if hold.key_id is not None:
+        session.execute(_CHARGE_KEY, {"p_key": hold.key_id, "p_amount": hold.amount,
+                                      "p_charge": charge})
     if charge:
-        session.add(LedgerEntry(account_id=hold.account_id, kind="usage", amount=-charge,
-                                balance_after=new_balance, reference=reference or hold.request_id,
-                                actor="proxy", estimated=estimated))
-    session.flush()
+        session.execute(insert(_L).values(
+            account_id=hold.account_id, kind="usage", amount=-charge, balance_after=new_balance,
+            reference=reference or hold.request_id, actor="proxy", estimated=estimated,
+            created_at=utcnow()))
+    _expire(session, hold.account_id, hold.key_id)
     if config is not None and charge:
         _notify_low_balance(session, config, hold.account_id, new_balance + charge, new_balance)
     return charge
@@ -275,12 +314,12 @@ def release(session: Session, hold_id: str) -> bool:
     hold = _close(session, hold_id, "released")
     if hold is None:
         return False
-    session.execute(update(Wallet).where(Wallet.account_id == hold.account_id)
-                    .values(held=Wallet.held - hold.amount, updated_at=utcnow()))
+    session.execute(_CHARGE_WALLET, {"p_acct": hold.account_id, "p_amount": hold.amount,
+                                     "p_charge": 0, "p_now": utcnow()})
     if hold.key_id is not None:
-        session.execute(update(ApiKey).where(ApiKey.key_id == hold.key_id)
-                        .values(budget_held=ApiKey.budget_held - hold.amount))
-    session.flush()
+        session.execute(_CHARGE_KEY, {"p_key": hold.key_id, "p_amount": hold.amount,
+                                      "p_charge": 0})
+    _expire(session, hold.account_id, hold.key_id)
     return True
 
 

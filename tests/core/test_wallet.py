@@ -166,3 +166,22 @@ def test_concurrent_idempotent_topups_credit_once(uow, funded_account, db):
             LedgerEntry.idempotency_key == "same"))))
     assert n == 1
     assert _assert_invariants(db, funded_account).balance == 10_000_777
+
+
+def test_rows_loaded_earlier_in_the_session_are_not_stale_after_reserve_and_settle(
+        uow, funded_account, db):
+    from control.core.models import ApiKey, Wallet
+
+    with uow() as ctx:
+        key, _ = keys.create_key(ctx, funded_account, budget=10_000)
+    with db.transaction() as s:
+        w = s.get(Wallet, funded_account)
+        k = s.get(ApiKey, key.key_id)
+        before = w.balance
+        h = wallet.reserve(s, funded_account, 1_000, key_id=key.key_id)
+        assert (w.held, k.budget_held) == (1_000, 1_000)
+        assert wallet.settle(s, h.id, 400) == 400
+        assert (w.balance, w.held, k.spent, k.budget_held) == (before - 400, 0, 400, 0)
+        h2 = wallet.reserve(s, funded_account, 50, key_id=key.key_id)
+        assert wallet.release(s, h2.id) and (w.held, k.budget_held) == (0, 0)
+    _assert_invariants(db, funded_account)
