@@ -35,7 +35,10 @@ def normalize_url(url: str) -> str:
 
 
 def create_db_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
-    """Create an engine with hushgate's connection settings for the URL's backend."""
+    """Create an engine with hushgate's connection settings for the URL's backend.
+
+    ``hide_parameters``: SQLAlchemy otherwise puts bound values (e-mail addresses, names) in
+    the text of database errors and in ``echo`` logs; hushgate never lets them reach a log."""
     url = normalize_url(url)
     try:
         parsed = make_url(url)
@@ -45,13 +48,14 @@ def create_db_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> En
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, echo=echo, connect_args={"timeout": 30},
-                               pool_size=pool_size, max_overflow=pool_size)
+        engine = create_engine(url, echo=echo, hide_parameters=True,
+                               connect_args={"timeout": 30}, pool_size=pool_size,
+                               max_overflow=pool_size)
         _configure_sqlite(engine)
         return engine
     if backend == "postgresql":
-        return create_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size,
-                             pool_pre_ping=True, pool_recycle=1800)
+        return create_engine(url, echo=echo, hide_parameters=True, pool_size=pool_size,
+                             max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800)
     raise ConfigError(f"database.url: unsupported backend {backend!r} (use sqlite or postgresql)")
 
 

@@ -7,6 +7,8 @@ created at import time; ``create_app(config, db)`` builds everything.
 
 from __future__ import annotations
 
+import logging
+from types import TracebackType
 from typing import Any
 
 from flask import Flask, jsonify, redirect, render_template, request, url_for
@@ -18,10 +20,26 @@ from control.web.ext import Hushgate, is_loopback
 from control.web.security import add_security_headers
 from control.web.session_store import ServerSessionInterface
 
+log = logging.getLogger("hushgate.control")
+
+
+class ControlApp(Flask):
+    """Flask, except that an unhandled exception is logged as its class and the route only.
+
+    Flask's default logs the exception's text and traceback, and those can carry what a user
+    sent (an e-mail address in a database error, a form value in a ``ValueError``): never
+    request content in a log line. The client gets a generic 500 page or JSON error."""
+
+    def log_exception(self, exc_info: tuple[type[BaseException], BaseException,
+                                            TracebackType] | tuple[None, None, None]) -> None:
+        rule = request.url_rule.rule if request.url_rule is not None else "?"
+        name = exc_info[0].__name__ if exc_info[0] is not None else "error"
+        log.error("hushgate: unhandled %s in %s %s", name, request.method, rule)
+
 
 def create_app(config: Config, db: Database | None = None, **flask_config: Any) -> Flask:
     """Build the control-plane WSGI app for ``config`` (and an existing ``db``, if given)."""
-    app = Flask(__name__)
+    app = ControlApp(__name__)
     hg = Hushgate(config, db or Database.from_config(config), owns_db=db is None)
     app.extensions["hushgate"] = hg
     app.config.update(
@@ -78,6 +96,10 @@ def create_app(config: Config, db: Database | None = None, **flask_config: Any) 
     @app.errorhandler(413)
     def too_large(exc: Exception) -> Any:
         return page_error(413, "Request body too large.")
+
+    @app.errorhandler(500)
+    def internal_error(exc: Exception) -> Any:
+        return page_error(500, "Something went wrong; the request was not completed.")
 
     @app.route("/")
     def index() -> Any:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select, update
 from web_helpers import ADMIN_PW, Browser, config_with, sign_in, sqlite_only
 
@@ -178,3 +181,46 @@ def test_forms_work_over_https_without_referer(config, db, admin_user):
         "csrf_token": csrf_from(page.get_data(as_text=True))})
     assert resp.status_code == 302
     assert "Secure" in resp.headers["Set-Cookie"]
+
+
+CANARY_EMAIL = "canary-7d1e@example.com"
+
+
+def _failing_create_account(ctx, **fields):
+    """A database error whose statement carries what the user typed (as a real one would)."""
+    from sqlalchemy import text
+
+    ctx.session.execute(text("INSERT INTO no_such_table (email, name) VALUES (:e, :n)"),
+                        {"e": fields["email"], "n": fields["name"]})
+
+
+@pytest.mark.parametrize("where", ["api", "portal"])
+def test_an_unexpected_error_logs_no_user_input_and_answers_generically(
+        where, app, api, client, db, monkeypatch, caplog):
+    from control.core import accounts
+    from control.core.models import Account
+
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # as in production (TESTING re-raises)
+    monkeypatch.setattr(accounts, "create_account", _failing_create_account)
+    caplog.set_level(logging.DEBUG)
+    if where == "api":
+        resp = api("POST", "/accounts", json={"name": "Canary Name", "email": CANARY_EMAIL,
+                                              "adult_attested": True})
+        assert resp.status_code == 500 and resp.is_json
+        assert resp.get_json()["error"]["code"]
+    else:
+        page = client.get("/portal/signup")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+        resp = client.post("/portal/signup", data={
+            "csrf_token": token, "name": "Canary Name", "email": CANARY_EMAIL,
+            "password": "a long enough password", "password2": "a long enough password",
+            "adult": "yes"})
+        assert resp.status_code == 500 and "Something went wrong" in resp.text
+    assert CANARY_EMAIL not in resp.get_data(as_text=True)
+    logged = "\n".join(r.getMessage() + str(r.exc_info or "") + str(r.exc_text or "")
+                       for r in caplog.records)
+    # the failure is logged, by class and route only
+    assert "unhandled OperationalError" in logged or "unhandled ProgrammingError" in logged
+    assert CANARY_EMAIL not in logged and "Canary Name" not in logged
+    with db.read_transaction() as s:  # nothing half-written
+        assert s.query(Account).filter_by(email=CANARY_EMAIL).count() == 0
