@@ -64,6 +64,15 @@ def upstream_headers(client: http.Headers, provider: Provider, api_key: str,
     return out
 
 
+def stop_upstream_timer(flow: http.HTTPFlow) -> None:
+    """The provider answered (or the flow failed): the timeout no longer applies, and its
+    pending callback must not keep the flow in memory for ``upstream_timeout_ms``."""
+    state = get_state(flow)
+    if state is not None and state.upstream_timer is not None:
+        state.upstream_timer.cancel()
+        state.upstream_timer = None
+
+
 class Forward:
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -90,7 +99,14 @@ class Forward:
         state.upstream_body = None
         state.forwarded = True
         state.forwarded_at = time.monotonic()
-        asyncio.get_running_loop().call_later(self.timeout, self._check_timeout, flow)
+        state.upstream_timer = asyncio.get_running_loop().call_later(
+            self.timeout, self._check_timeout, flow)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        stop_upstream_timer(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        stop_upstream_timer(flow)
 
     def _check_timeout(self, flow: http.HTTPFlow) -> None:
         """No response headers within ``proxy.upstream_timeout_ms``: close the upstream

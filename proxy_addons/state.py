@@ -87,6 +87,8 @@ class FlowState:
     # forward / response
     forwarded: bool = False
     forwarded_at: float | None = None
+    upstream_timer: Any = None  # asyncio.TimerHandle of the upstream timeout; cancelled at the
+    # response headers or the error (a pending timer would keep the whole flow alive)
     upstream_status: int | None = None
     first_byte_at: float | None = None
     tap: StreamTap | None = None

@@ -33,3 +33,21 @@ def test_healthz_is_503_when_the_record_writer_is_down(gateway):
     gateway.proxy.services.writer.close()
     status, _, body = _get(gateway.port, "/healthz")
     assert status == 503 and json.loads(body) == {"status": "unavailable"}
+
+
+def test_finished_requests_leave_no_flow_in_memory(make_gateway):
+    """A finished request keeps nothing alive: not its flow, not its state (a pending
+    upstream-timeout timer once held every flow for ``upstream_timeout_ms``)."""
+    import gc
+
+    from mitmproxy import http as mhttp
+
+    gw = make_gateway(proxy={"upstream_timeout_ms": 60_000})
+    with gw.openai() as client:
+        for i in range(20):
+            client.chat.completions.create(model="gpt-test", max_tokens=20,
+                                           messages=[{"role": "user", "content": f"hi {i}"}])
+    gw.drain()
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, mhttp.HTTPFlow)]
+    assert len(alive) <= 2  # at most a flow mitmproxy is still closing
