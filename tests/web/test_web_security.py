@@ -28,6 +28,7 @@ def test_security_headers_on_every_kind_of_response(client, admin):
         assert h["X-Content-Type-Options"] == "nosniff"
         assert h["Referrer-Policy"] == "no-referrer"
         assert h["Cache-Control"] == "no-store"
+        assert "Strict-Transport-Security" not in h  # plain HTTP (loopback): no HSTS
 
 
 def test_one_session_cookie_httponly_lax_not_secure_on_loopback(client, admin_user):

@@ -224,6 +224,7 @@ def test_https_with_configured_certificate(config, db, pki, caplog):
             cookie = resp.headers["Set-Cookie"]
             assert "hushgate_session=" in cookie and "; Secure" in cookie
             assert "HttpOnly" in cookie
+            assert resp.headers["Strict-Transport-Security"] == "max-age=31536000"
 
         # A client that does not trust the test CA refuses the certificate.
         with pytest.raises(urllib.error.URLError) as err:
