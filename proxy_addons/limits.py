@@ -10,7 +10,7 @@ counts weight after the fact (actual tokens once known):
   window per key shared by every proxy process. Each call is one Lua script, atomic in Redis:
   prune the events older than the window, compare the sum with the limit, add the event. The
   time is the Redis server's (``TIME`` inside the script), so the proxies' clocks never
-  matter. A key's window is a ZSET ``hushgate:rl:<rpm|tpm>:<key id>`` (score = server time in
+  matter. A key's window is a ZSET ``hushgate:rl:<rpm|tpm>:{<key id>}`` (score = server time in
   ms, member = ``<random event id>:<weight>``) and its running sum ``…:sum``: only the key id,
   which is public metadata, never key material. Both get ``PEXPIRE`` = the window on every
   write, so an idle key vanishes and a ZSET never holds more than one window's events. The
@@ -256,7 +256,7 @@ class RedisWindow:
 
     def keys(self, key: str) -> list[str]:
         """The Redis keys of ``key``'s window: the events and their sum."""
-        name = self._prefix + key
+        name = f"{self._prefix}{{{key}}}"  # {hash tag}: both keys in one Redis Cluster slot
         return [name, name + ":sum"]
 
     def _run(self, key: str, limit: int, weight: int) -> int | None:

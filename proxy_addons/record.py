@@ -70,9 +70,9 @@ class Record:
         state.finished = True
         self.services.in_flight -= 1
         record = build_record(state)
+        self.services.writer.submit(Outcome(record=record, hold_id=state.hold_id,
+                                            charge=state.cost, estimated=state.estimated))
         if state.principal is not None and state.principal.tpm_limit is not None:
             extra = state.usage.output_tokens + max(
                 0, state.usage.input_tokens - state.input_estimate)
             self.services.count(self.services.tpm, state.principal.key_id, extra)
-        self.services.writer.submit(Outcome(record=record, hold_id=state.hold_id,
-                                            charge=state.cost, estimated=state.estimated))

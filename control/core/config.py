@@ -194,10 +194,11 @@ class Config:
     raw: dict[str, Any]
     path: Path | None
     data_dir: Path
-    database_url: str
+    database_url: str = field(repr=False)  # may carry a password
     providers: dict[str, Provider] = field(default_factory=dict)
     models: dict[str, Model] = field(default_factory=dict)
-    redis_url: str | None = None  # shared rate limits (auth.redis_url / redis_url_env)
+    # shared rate limits (auth.redis_url / redis_url_env); may carry a password
+    redis_url: str | None = field(default=None, repr=False)
 
     def section(self, name: str) -> dict[str, Any]:
         return self.raw[name]

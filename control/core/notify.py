@@ -42,7 +42,7 @@ log = logging.getLogger("hushgate.notify")
 
 MAX_ATTEMPTS = 5
 _KEY_LIKE = re.compile(r"hga?_[0-9A-Za-z]{12}_[0-9A-Za-z]{6,}")
-_AMOUNT = re.compile(r"^-?\d{1,15}(\.\d{1,6})?( [A-Z]{3})?$")
+_AMOUNT = re.compile(r"^-?\d{1,15}(\.\d{1,9})?( [A-Z]{3})?$")  # scale up to 10^9
 
 
 def _pattern(regex: str) -> Callable[[Any], str]:

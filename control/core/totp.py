@@ -27,7 +27,7 @@ import hmac
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import pyotp
@@ -131,8 +131,8 @@ def state(user: User) -> str:
 class Enrollment:
     """What the user copies into an authenticator app. Shown to that user only."""
 
-    secret: str
-    uri: str
+    secret: str = field(repr=False)
+    uri: str = field(repr=False)  # carries the secret
 
     @property
     def grouped(self) -> str:

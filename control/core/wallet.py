@@ -13,6 +13,7 @@ if the provider used more than the estimate) and frees the rest; ``release`` fre
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,6 +30,7 @@ from control.core.config import Config
 from control.core.context import Ctx
 from control.core.errors import (
     BudgetExceeded,
+    HushgateError,
     IdempotencyConflict,
     InsufficientFunds,
     NotFound,
@@ -36,6 +38,8 @@ from control.core.errors import (
 )
 from control.core.models import Account, ApiKey, Hold, LedgerEntry, Wallet
 from control.core.money import format_amount
+
+log = logging.getLogger("hushgate.wallet")
 
 
 @dataclass(frozen=True)
@@ -293,7 +297,12 @@ def settle(session: Session, hold_id: str, actual: int, *, reference: str | None
             created_at=utcnow()))
     _expire(session, hold.account_id, hold.key_id)
     if config is not None and charge:
-        _notify_low_balance(session, config, hold.account_id, new_balance + charge, new_balance)
+        try:
+            with session.begin_nested():  # a notice must never undo the charge
+                _notify_low_balance(session, config, hold.account_id, new_balance + charge,
+                                    new_balance)
+        except HushgateError as exc:
+            log.error("hushgate: low-balance notice not queued (%s)", type(exc).__name__)
     return charge
 
 
@@ -315,7 +324,7 @@ def release(session: Session, hold_id: str) -> bool:
     if hold is None:
         return False
     session.execute(_CHARGE_WALLET, {"p_acct": hold.account_id, "p_amount": hold.amount,
-                                     "p_charge": 0, "p_now": utcnow()})
+                                     "p_charge": 0, "p_now": utcnow()}).scalar_one()
     if hold.key_id is not None:
         session.execute(_CHARGE_KEY, {"p_key": hold.key_id, "p_amount": hold.amount,
                                       "p_charge": 0})

@@ -75,9 +75,9 @@ def create_app(config: Config, db: Database | None = None, **flask_config: Any) 
                                message="The form expired or was not sent from this site. "
                                        "Go back, reload the page and try again."), 400
 
-    def page_error(code: int, message: str) -> Any:
+    def page_error(code: int, message: str, slug: str | None = None) -> Any:
         if request.path.startswith(("/api/", "/webhooks/")):
-            slug = message.lower().rstrip(".").replace(" ", "_")
+            slug = slug or message.lower().rstrip(".").replace(" ", "_")
             return jsonify({"error": {"code": slug, "message": message, "fields": {}}}), code
         return render_template("shared/error.html", code=code, message=message), code
 
@@ -99,7 +99,8 @@ def create_app(config: Config, db: Database | None = None, **flask_config: Any) 
 
     @app.errorhandler(500)
     def internal_error(exc: Exception) -> Any:
-        return page_error(500, "Something went wrong; the request was not completed.")
+        return page_error(500, "Something went wrong; the request was not completed.",
+                          "internal_error")
 
     @app.route("/")
     def index() -> Any:

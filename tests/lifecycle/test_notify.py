@@ -194,3 +194,46 @@ def test_low_balance_notice_once_when_a_charge_crosses_the_threshold(mail):
     body = msg.get_payload(decode=True).decode()
     assert format_amount(threshold - 50, scale, cur) in body
     assert format_amount(threshold, scale, cur) in body
+
+
+@pytest.mark.parametrize("scale", [1, 10**9])
+def test_low_balance_notice_at_any_currency_scale_and_never_blocks_the_charge(
+        tmp_path, db_url, scale, monkeypatch):
+    from control.core import wallet
+    from control.core.audit import Actor
+    from control.core.context import Ctx
+    from control.core.errors import ValidationError
+    from control.core.models import Notification
+
+    config = make_config(tmp_path, db_url, wallet={"minor_unit_scale": scale,
+                                                    "low_balance_threshold": 100})
+    db = Database.from_config(config)
+    try:
+        with db.transaction() as s:
+            acct = accounts.create_account(Ctx(s, config, Actor("test", "n")), name="S",
+                                           email="s@example.com", adult_attested=True)
+            wallet.topup(Ctx(s, config, Actor("test", "n")), acct.id, 105,
+                         idempotency_key="t")
+
+        def charge(amount: int) -> int:
+            with db.transaction() as s:
+                hold = wallet.reserve(s, acct.id, amount)
+                return wallet.settle(s, hold.id, amount, config=config)
+
+        assert charge(7) == 7  # 105 -> 98 crosses 100: one notice, formatted at this scale
+        with db.read_transaction() as s:
+            (params,) = [n.params for n in s.query(Notification).filter_by(kind="low_balance")]
+        assert params["available"].startswith("98" if scale == 1 else "0.000000098")
+
+        def broken(*_a, **_k):
+            raise ValidationError("a notice that can't be queued", "params")
+
+        monkeypatch.setattr("control.core.notify.send", broken)
+        with db.transaction() as s:  # top up above the threshold again, then cross it
+            wallet.topup(Ctx(s, config, Actor("test", "n")), acct.id, 10, idempotency_key="u")
+        assert charge(9) == 9  # the notice fails; the charge stands
+        with db.read_transaction() as s:
+            bal = wallet.get_balance(s, acct.id)
+            assert bal.balance == 99 == wallet.ledger_sum(s, acct.id) and bal.held == 0
+    finally:
+        db.dispose()

@@ -404,7 +404,7 @@ def forget_keys(redis_client: redis.Redis) -> Iterator[list[str]]:
     ids: list[str] = []
     yield ids
     for key_id in ids:
-        mine = list(redis_client.scan_iter(match=f"hushgate:rl:*:{key_id}*", count=1000))
+        mine = list(redis_client.scan_iter(match=f"hushgate:rl:*{key_id}*", count=1000))
         if mine:
             redis_client.delete(*mine)
 
@@ -445,10 +445,10 @@ def test_two_proxies_share_one_keys_rpm_limit(make_gateway, tmp_path, redis_clie
     # Nothing in Redis but the key id: no key material in any name or value.
     secret = keys.parse(key).secret
     names = {n.decode() for n in redis_client.scan_iter(match=f"hushgate:rl:*{key_id}*")}
-    assert names == {f"hushgate:rl:rpm:{key_id}", f"hushgate:rl:rpm:{key_id}:sum"}
-    members = [m.decode() for m in redis_client.zrange(f"hushgate:rl:rpm:{key_id}", 0, -1)]
+    assert names == {f"hushgate:rl:rpm:{{{key_id}}}", f"hushgate:rl:rpm:{{{key_id}}}:sum"}
+    members = [m.decode() for m in redis_client.zrange(f"hushgate:rl:rpm:{{{key_id}}}", 0, -1)]
     assert len(members) == 3 and all(m.endswith(":1") for m in members)
-    stored = [*names, *members, redis_client.get(f"hushgate:rl:rpm:{key_id}:sum").decode()]
+    stored = [*names, *members, redis_client.get(f"hushgate:rl:rpm:{{{key_id}}}:sum").decode()]
     for name in redis_client.scan_iter(match="hushgate:rl:*"):
         stored.append(name.decode())
     assert not [s for s in stored if secret in s or key in s]
