@@ -247,7 +247,13 @@ class RequestRecord(Base):
     client_ip: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(64))
 
-    __table_args__ = (Index("ix_request_records_account_time", "account_id", "time"),)
+    __table_args__ = (
+        Index("ix_request_records_account_time", "account_id", "time"),
+        # Covers the dashboard's aggregation (control.core.stats.dashboard): a window is then
+        # an index-only range scan, never a lookup of each row in the table.
+        Index("ix_request_records_dashboard", "time", "model", "latency_ms", "status",
+              "input_tokens", "output_tokens", "cached_tokens", "cost"),
+    )
 
 
 # -- audit ----------------------------------------------------------------------------------
