@@ -296,9 +296,10 @@ def settle(session: Session, hold_id: str, actual: int, *, reference: str | None
             reference=reference or hold.request_id, actor="proxy", estimated=estimated,
             created_at=utcnow()))
     _expire(session, hold.account_id, hold.key_id)
-    if config is not None and charge:
-        try:
-            with session.begin_nested():  # a notice must never undo the charge
+    threshold = (config.wallet.get("low_balance_threshold") or 0) if config is not None else 0
+    if config is not None and charge and new_balance + charge >= threshold > new_balance:
+        try:  # crossing the threshold (rare): a savepoint, so a notice never undoes the charge
+            with session.begin_nested():
                 _notify_low_balance(session, config, hold.account_id, new_balance + charge,
                                     new_balance)
         except HushgateError as exc:
