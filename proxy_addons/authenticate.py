@@ -9,16 +9,13 @@ know the model and the cost.
 Concurrent requests with the same key share one check (single flight): when the key is not
 in the cache (cold start, or its cache entry just expired), 32 concurrent requests would
 otherwise pay 32 bcrypt verifies (~250 ms each at cost 12) on the worker threads and stall
-every connection for seconds. Requests in flight are keyed by an HMAC of the key under a
-per-process random pepper, only while the check runs.
+every connection for seconds. Requests in flight are keyed by the authenticator's fingerprint
+of the key (an HMAC under a per-process pepper), only while the check runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import secrets
 
 from mitmproxy import http
 
@@ -54,12 +51,11 @@ def refusal_for_key_error(exc: InvalidKey) -> Refusal:
 class Authenticate:
     def __init__(self, services: Services) -> None:
         self.services = services
-        self._pepper = secrets.token_bytes(32)
         self._in_flight: dict[bytes, asyncio.Future[KeyPrincipal]] = {}
 
     async def _authenticate(self, raw: str) -> KeyPrincipal:
         """The authenticator's answer for ``raw``, shared by concurrent identical keys."""
-        fingerprint = hmac.new(self._pepper, raw.encode(), hashlib.sha256).digest()
+        fingerprint = self.services.authenticator.fingerprint(raw)
         future = self._in_flight.get(fingerprint)
         if future is None:
             future = asyncio.ensure_future(

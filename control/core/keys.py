@@ -272,7 +272,9 @@ class KeyAuthenticator:
         self._polled_at = 0.0
         self._dummy_hash = bcrypt.hashpw(b"x" * SECRET_LEN, bcrypt.gensalt(rounds=bcrypt_cost))
 
-    def _fingerprint(self, raw: str) -> bytes:
+    def fingerprint(self, raw: str) -> bytes:
+        """An HMAC of the key under a per-process random pepper: the cache key (never the key
+        itself), also used by the proxy to share one check among concurrent requests."""
         return hmac.new(self._pepper, raw.encode(), hashlib.sha256).digest()
 
     def _refresh(self, session: Session) -> None:
@@ -295,7 +297,7 @@ class KeyAuthenticator:
         """Return the principal for a valid key or raise an InvalidKey subclass. Blocking."""
         parsed = parse(raw, self._prefix)
         assert raw is not None
-        fp = self._fingerprint(raw)
+        fp = self.fingerprint(raw)
         with self._session_factory() as session:
             self._refresh(session)
             now = utcnow()

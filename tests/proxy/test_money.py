@@ -107,3 +107,35 @@ def test_a_charge_through_the_proxy_that_crosses_the_threshold_queues_one_low_ba
     assert essential and status == "queued"
     assert gw.key not in params
     assert gw.assert_books_balance().balance < 999
+
+
+def test_concurrent_requests_with_a_cold_key_share_one_bcrypt_check(gateway, monkeypatch):
+    """Single flight: 16 simultaneous first requests with one key pay one bcrypt verify."""
+    import threading
+    import time
+
+    import bcrypt
+
+    from control.core import keys as keys_module
+
+    _, key = gateway.new_key()
+    calls, gate = [], threading.Event()
+    real = bcrypt.checkpw
+
+    def slow_checkpw(secret: bytes, hashed: bytes) -> bool:
+        calls.append(1)
+        gate.wait(5)  # hold the first check until every request is in flight
+        return real(secret, hashed)
+
+    monkeypatch.setattr(keys_module.bcrypt, "checkpw", slow_checkpw)
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(post, gateway.port, "/v1/chat/completions", body(),
+                               headers(key)) for _ in range(16)]
+        deadline = time.monotonic() + 5
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # the other 15 arrive while the first check is held
+        gate.set()
+        statuses = [f.result()[0] for f in futures]
+    assert statuses == [200] * 16
+    assert len(calls) == 1
