@@ -137,6 +137,10 @@ DEFAULTS: dict[str, Any] = {
         "password_env": "HUSHGATE_SMTP_PASSWORD",
         "timeout_seconds": 10,
     },
+    # self-service top-ups (payment processor checkout); owned by the self-hosting work
+    "payments": {},
+    # Prometheus metrics; owned by the self-hosting work
+    "metrics": {},
 }
 
 
