@@ -21,9 +21,9 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 def _register() -> None:
-    from control.cli import accounts, audit, init, keys, lifecycle, runtime, wallet, web
+    from control.cli import accounts, audit, doctor, init, keys, lifecycle, runtime, wallet, web
 
-    for module in (init, accounts, keys, wallet, audit, lifecycle, web, runtime):
+    for module in (init, accounts, keys, wallet, audit, lifecycle, web, runtime, doctor):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -349,3 +349,6 @@ class AuditRetentionWindow(Base):
     created_at: Mapped[created_at]
 
     __table_args__ = (CheckConstraint("days >= 1", name="days"),)
+
+
+# -- self-hosting (password reset and invite tokens, checkout sessions) ---------------------

@@ -56,13 +56,14 @@ def create_app(config: Config, db: Database | None = None, **flask_config: Any) 
     app.session_interface = ServerSessionInterface(hg)
     csrf = CSRFProtect(app)
 
-    from control.web import admin, api, portal, public, webhooks
+    from control.web import admin, api, metrics, portal, public, webhooks
 
     app.register_blueprint(public.bp)
     app.register_blueprint(admin.bp, url_prefix="/admin")
     app.register_blueprint(portal.bp, url_prefix="/portal")
     app.register_blueprint(api.bp, url_prefix="/api/v1")
     app.register_blueprint(webhooks.bp, url_prefix="/webhooks")
+    app.register_blueprint(metrics.bp)
     # Token-authenticated JSON and the signed webhook carry no cookie credentials.
     csrf.exempt(api.bp)
     csrf.exempt(webhooks.bp)
