@@ -61,6 +61,18 @@ class Action(StrEnum):
     AUDIT_CHECKPOINT = "audit.checkpoint"
     POLICY_CHANGED = "policy.changed"
     NOTIFICATION_SENT = "notification.sent"
+    # trust (#11)
+    AUDIT_ANCHORED = "audit.anchored"
+    WALLET_PAYMENT_REFUSED = "wallet.payment_refused"
+    # money path (#10)
+    PROXY_INSTANCE_EXPIRED = "proxy.instance_expired"
+    # self-hosting (#12)
+    USER_PASSWORD_CHANGED = "user.password_changed"
+    USER_DELETED = "user.deleted"
+    ACCOUNT_PASSWORD_RESET_REQUESTED = "account.password_reset_requested"
+    ACCOUNT_PASSWORD_RESET = "account.password_reset"
+    ACCOUNT_INVITED = "account.invited"
+    PAYMENT_CHECKOUT_CREATED = "wallet.checkout_created"
 
 
 @dataclass(frozen=True)
