@@ -352,3 +352,40 @@ class AuditRetentionWindow(Base):
 
 
 # -- self-hosting (password reset and invite tokens, checkout sessions) ---------------------
+
+
+class PasswordToken(Base):
+    """A single-use link to set an account holder's password (a reset or an invite).
+
+    No token material is stored: the link is ``<id>.<mac>`` where the MAC is an HMAC of the
+    id under the session secret (``control.core.passwords``), which never enters the database.
+    The row only says what the id may do, for whom, until when, and whether it was used.
+    """
+
+    __tablename__ = "password_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(8))  # reset|invite
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    created_at: Mapped[created_at]
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (CheckConstraint("purpose IN ('reset','invite')", name="purpose"),)
+
+
+class CheckoutSession(Base):
+    """A payment processor checkout started for a top-up (the wallet is credited only by the
+    processor's signed webhook; this row is the reconciliation trail)."""
+
+    __tablename__ = "checkout_sessions"
+
+    id: Mapped[uuid_pk]  # the hushgate reference, also in the processor's metadata
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    provider_session_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    amount: Mapped[int] = mapped_column(Money)  # hushgate minor units
+    currency: Mapped[str] = mapped_column(String(3))
+    created_at: Mapped[created_at]
+
+    __table_args__ = (CheckConstraint("amount > 0", name="amount"),)
