@@ -125,7 +125,9 @@ DEFAULTS: dict[str, Any] = {
     "policy": {
         "operator_name": "hushgate operator",
         "contact_email": "privacy@example.com",
-        "last_updated": "2025-01-01",
+        # null: the date this install first published its policy (``hushgate policy publish``,
+        # also run at start); a date pins it
+        "last_updated": None,
         "minimum_age": 18,
     },
     "smtp": {
@@ -137,8 +139,17 @@ DEFAULTS: dict[str, Any] = {
         "password_env": "HUSHGATE_SMTP_PASSWORD",
         "timeout_seconds": 10,
     },
-    # self-service top-ups (payment processor checkout); owned by the self-hosting work
-    "payments": {},
+    # self-service top-ups through a payment processor's hosted checkout
+    "payments": {
+        "provider": None,  # null: no self-service top-ups; "stripe"
+        "secret_key_env": "HUSHGATE_STRIPE_SECRET_KEY",
+        "api_base": None,  # null: the processor's own API
+        "min_amount": 5_000_000,
+        "max_amount": 500_000_000,
+        "success_url": None,
+        "cancel_url": None,
+        "timeout_seconds": 20,
+    },
     # Prometheus metrics; owned by the self-hosting work
     "metrics": {},
 }

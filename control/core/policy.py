@@ -48,6 +48,13 @@ def _client_details(privacy: dict[str, Any]) -> str:
     return ", and " + " and ".join(parts) if parts else ""
 
 
+def _payment_details(payments: dict[str, Any]) -> str:
+    if payments.get("provider") == "stripe":
+        return (" Card payments for top-ups are made on Stripe's checkout page; your card "
+                "details go to Stripe and never reach us.")
+    return ""
+
+
 def _human_date(iso: str) -> str:
     d = date.fromisoformat(iso)
     return f"{d.strftime('%B')} {d.day}, {d.year}"
@@ -62,6 +69,7 @@ def _render(config: Config, date_text: str) -> str:
         "audit_events_days": _days(r["audit_events_days"]),
         "deleted_account_erasure_days": _days(r["deleted_account_erasure_days"]),
         "client_details": _client_details(config.privacy),
+        "payment_details": _payment_details(config.raw["payments"]),
     }
     return Template(TEMPLATE_PATH.read_text()).substitute(values)
 
@@ -80,14 +88,15 @@ def render_policy(config: Config, *, session: Session | None = None,
     """The policy text for the running configuration.
 
     The date is ``last_updated`` if given; else, with a ``session``, the date of the published
-    version when it matches this text; else ``policy.last_updated`` from the configuration.
+    version when it matches this text; else ``policy.last_updated`` from the configuration;
+    else (not published yet, no date configured) today.
     """
     if last_updated is None and session is not None:
         latest = latest_version(session)
         if latest is not None and latest.text_hash == text_hash(config):
             last_updated = latest.last_updated
     if last_updated is None:
-        last_updated = config.policy["last_updated"]
+        last_updated = config.policy["last_updated"] or utcnow().date().isoformat()
     return _render(config, _human_date(last_updated))
 
 
@@ -100,10 +109,11 @@ def publish_policy(ctx: Ctx, *, today: date | None = None,
     if latest is not None and latest.text_hash == digest:
         return None
     configured = ctx.config.policy["last_updated"]
+    today_iso = (today or utcnow().date()).isoformat()
     if latest is None:
-        day = configured
+        day = configured or today_iso
     else:
-        day = max((today or utcnow().date()).isoformat(), configured, latest.last_updated)
+        day = max(today_iso, configured or "", latest.last_updated)
     version = PolicyVersion(text_hash=digest, last_updated=day, notes=notes)
     ctx.session.add(version)
     ctx.session.flush()
@@ -113,6 +123,28 @@ def publish_policy(ctx: Ctx, *, today: date | None = None,
     ctx.audit(Action.POLICY_CHANGED, "policy", str(version.id), last_updated=day,
               text_hash=digest, notified=notified, first=latest is None)
     return version
+
+
+# The shipped defaults and the example configuration's values, and the domains reserved for
+# examples and tests (RFC 2606 / RFC 6761): a policy naming them names nobody.
+PLACEHOLDER_OPERATORS = frozenset({"hushgate operator", "example ai gateway"})
+PLACEHOLDER_DOMAINS = ("example.com", "example.net", "example.org", "localhost")
+PLACEHOLDER_TLDS = (".example", ".invalid", ".test", ".localhost")
+
+
+def placeholder_policy_fields(config: Config) -> list[str]:
+    """The ``policy.*`` keys that still hold placeholder details (empty when the published
+    policy names a real operator and contact). The CLI warns at start and the dashboard shows
+    them: until they are set the policy tells account holders to write to nobody."""
+    p = config.policy
+    fields = []
+    if p["operator_name"].strip().lower() in PLACEHOLDER_OPERATORS:
+        fields.append("policy.operator_name")
+    domain = p["contact_email"].rpartition("@")[2].strip().lower().rstrip(".")
+    if domain in PLACEHOLDER_DOMAINS or domain.endswith(PLACEHOLDER_TLDS) \
+            or any(domain.endswith("." + d) for d in PLACEHOLDER_DOMAINS):
+        fields.append("policy.contact_email")
+    return fields
 
 
 def policy_versions(session: Session, limit: int = 50) -> list[dict[str, Any]]:

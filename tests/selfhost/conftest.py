@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import copy
-from typing import Any
-
 import pytest
+from selfhost_helpers import reconfigured
 
-from control.core.config import Config, load_config
-
-
-def reconfigured(config: Config, **sections: dict[str, Any]) -> Config:
-    """A copy of the test configuration with some keys of some sections replaced."""
-    raw = copy.deepcopy(config.raw)
-    for name, values in sections.items():
-        raw[name].update(values)
-    return load_config(overrides=raw)
+from control.core.config import Config
 
 
 @pytest.fixture
