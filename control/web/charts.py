@@ -6,7 +6,9 @@ stylesheet (the CSP forbids inline style).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
@@ -19,39 +21,80 @@ def _markup(parts: list[str]) -> Markup:
     return Markup("".join(parts))  # noqa: S704
 
 
-def _nice_max(value: float) -> float:
-    if value <= 0:
-        return 1.0
-    mag = 10 ** (len(str(int(value))) - 1) if value >= 1 else 1
-    for step in (1, 2, 2.5, 5, 10):
-        if value <= step * mag:
-            return step * mag
-    return value
+@dataclass(frozen=True)
+class Scale:
+    """A value axis: ``intervals`` gridlines ``step`` apart from 0 to ``top``."""
+
+    top: float
+    step: float
+    intervals: int
+    decimals: int  # enough to tell the ticks apart, no more
+
+    def ticks(self) -> list[float]:
+        return [self.step * i for i in range(self.intervals + 1)]
+
+
+def nice_scale(vmax: float, max_intervals: int = 5) -> Scale:
+    """The smallest 1/2/2.5/5 x 10^k step that covers ``vmax`` in at most ``max_intervals``,
+    at any magnitude (a spend of 0.003 gets a 0-0.003 axis, not 0-1)."""
+    if not vmax > 0 or not math.isfinite(vmax):
+        return Scale(1.0, 0.25, 4, 2)
+    exp = math.floor(math.log10(vmax))
+    for k in range(exp - 1, exp + 2):
+        for mantissa in (1, 2, 2.5, 5):
+            step = mantissa * 10.0 ** k
+            if vmax / step <= max_intervals + 1e-9:
+                intervals = max(1, math.ceil(vmax / step - 1e-9))
+                decimals = max(0, -k + (1 if mantissa == 2.5 else 0))
+                return Scale(step * intervals, step, intervals, decimals)
+    raise AssertionError("unreachable: 10^(exp+1) always covers vmax")  # pragma: no cover
+
+
+def _abbrev(v: float) -> str | None:
+    """Large whole numbers (requests, tokens) as 1.2k / 3.4M."""
+    if abs(v) >= 1_000_000:
+        return f"{v / 1_000_000:.3g}M"
+    if abs(v) >= 1000:
+        return f"{v / 1000:.3g}k"
+    return None
+
+
+def _tick(v: float, scale: Scale) -> str:
+    if v == 0:
+        return "0"
+    if scale.decimals == 0 and (short := _abbrev(v)):
+        return short
+    return f"{v:.{scale.decimals}f}"
+
+
+def _fmt(v: float) -> str:
+    """One value: whole numbers as they are (abbreviated when large); fractions (amounts in
+    the currency, rates) with at least two decimals and three significant digits, up to six
+    (the wallet's micro-units), so a small cost never reads 0.00."""
+    if float(v).is_integer():
+        return _abbrev(v) or f"{v:.0f}"
+    decimals = min(6, max(2, 2 - math.floor(math.log10(abs(v)))))
+    text = f"{v:.{decimals}f}"
+    whole, _, frac = text.partition(".")
+    frac = frac.rstrip("0").ljust(2, "0")
+    return f"{whole}.{frac}"
 
 
 def _unit(unit: str) -> str:
     return unit if unit in ("", "%") else f" {unit}"
 
 
-def _fmt(v: float) -> str:
-    if abs(v) >= 1_000_000:
-        return f"{v / 1_000_000:.1f}M"
-    if abs(v) >= 1000:
-        return f"{v / 1000:.1f}k"
-    return f"{v:.0f}" if float(v).is_integer() else f"{v:.2f}"
-
-
-def _frame(title: str, ymax: float, labels: Sequence[str], unit: str) -> list[str]:
+def _frame(title: str, scale: Scale, labels: Sequence[str], unit: str) -> list[str]:
     inner_h = H - PAD_T - PAD_B
     parts = [f'<svg class="chart" viewBox="0 0 {W} {H}" role="img" '
              f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">',
              f"<title>{escape(title)}</title>"]
-    for i in range(5):
-        y = PAD_T + inner_h * i / 4
+    for v in scale.ticks():
+        y = PAD_T + inner_h * (1 - v / scale.top)
         parts.append(f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{y:.1f}" y2="{y:.1f}" '
                      f'stroke="#e3e6ea" stroke-width="1"/>')
         parts.append(f'<text x="{PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end" '
-                     f'font-size="11" fill="#555">{escape(_fmt(ymax * (4 - i) / 4))}'
+                     f'font-size="11" fill="#555">{escape(_tick(v, scale))}'
                      f"{escape(_unit(unit))}</text>")
     n = len(labels)
     if n:
@@ -65,8 +108,9 @@ def _frame(title: str, ymax: float, labels: Sequence[str], unit: str) -> list[st
 def bar_chart(title: str, labels: Sequence[str], values: Sequence[float],
               unit: str = "") -> Markup:
     """Vertical bars, one per label."""
-    ymax = _nice_max(max(values, default=0))
-    parts = _frame(title, ymax, labels, unit)
+    scale = nice_scale(max(values, default=0))
+    ymax = scale.top
+    parts = _frame(title, scale, labels, unit)
     n = max(len(values), 1)
     slot = (W - PAD_L - PAD_R) / n
     inner_h = H - PAD_T - PAD_B
@@ -75,7 +119,7 @@ def bar_chart(title: str, labels: Sequence[str], values: Sequence[float],
         x = PAD_L + i * slot + slot * 0.15
         parts.append(f'<rect x="{x:.1f}" y="{PAD_T + inner_h - h:.1f}" '
                      f'width="{max(slot * 0.7, 1):.1f}" height="{h:.1f}" fill="{COLORS[0]}">'
-                     f"<title>{escape(labels[i])}: {escape(_fmt(v))}{escape(unit)}</title>"
+                     f"<title>{escape(labels[i])}: {escape(_fmt(v))}{escape(_unit(unit))}</title>"
                      f"</rect>")
     parts.append("</svg>")
     return _markup(parts)
@@ -85,8 +129,9 @@ def line_chart(title: str, labels: Sequence[str],
                series: Sequence[tuple[str, Sequence[float | None]]], unit: str = "") -> Markup:
     """One polyline per named series; None values leave a gap."""
     flat = [v for _, vals in series for v in vals if v is not None]
-    ymax = _nice_max(max(flat, default=0))
-    parts = _frame(title, ymax, labels, unit)
+    scale = nice_scale(max(flat, default=0))
+    ymax = scale.top
+    parts = _frame(title, scale, labels, unit)
     n = max(len(labels), 1)
     inner_w, inner_h = W - PAD_L - PAD_R, H - PAD_T - PAD_B
     for si, (name, vals) in enumerate(series):
@@ -131,6 +176,6 @@ def hbar_chart(title: str, rows: Sequence[tuple[str, float]], unit: str = "") ->
         parts.append(f'<rect x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row_h - 8}" '
                      f'fill="{COLORS[1]}"/>')
         parts.append(f'<text x="{label_w + w + 6:.1f}" y="{y + 14}" font-size="11" '
-                     f'fill="#555">{escape(_fmt(v))}{escape(unit)}</text>')
+                     f'fill="#555">{escape(_fmt(v))}{escape(_unit(unit))}</text>')
     parts.append("</svg>")
     return _markup(parts)
