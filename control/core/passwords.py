@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import secrets
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
@@ -52,17 +53,19 @@ class InvalidLink(HushgateError):
 # -- links ----------------------------------------------------------------------------------
 
 
+def public_url(section: dict[str, Any]) -> str:
+    """The public base URL of a listener section (``control`` or ``proxy``): its
+    ``public_url`` when configured, else its listen address (https when it serves TLS)."""
+    if section.get("public_url"):
+        return str(section["public_url"]).rstrip("/")
+    scheme = "https" if (section.get("tls") or {}).get("cert_file") else "http"
+    host = section["listen_host"]
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{section['listen_port']}"
+
+
 def control_url(config: Config, path: str) -> str:
-    """An absolute URL of the control plane: ``control.public_url`` when configured, else
-    its listen address (https when it serves TLS)."""
-    c = config.control
-    base = c.get("public_url")
-    if not base:
-        scheme = "https" if (c.get("tls") or {}).get("cert_file") else "http"
-        host = c["listen_host"]
-        host = f"[{host}]" if ":" in host else host
-        base = f"{scheme}://{host}:{c['listen_port']}"
-    return base.rstrip("/") + path
+    """An absolute URL of the control plane (links in messages, processor return pages)."""
+    return public_url(config.control) + path
 
 
 def _mac(config: Config, token_id: str) -> str:

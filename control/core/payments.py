@@ -25,8 +25,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import stripe
-
 from control.core import accounts
 from control.core.audit import Action
 from control.core.config import Config
@@ -34,7 +32,7 @@ from control.core.context import Ctx
 from control.core.errors import HushgateError, ValidationError
 from control.core.models import CheckoutSession
 from control.core.money import format_amount
-from control.core.passwords import control_url
+from control.core.passwords import control_url, public_url
 
 log = logging.getLogger("hushgate.payments")
 # The SDK's own log lines quote the key's last digits, the request's parameters and the
@@ -129,6 +127,40 @@ def _session_params(config: Config, account_id: str, reference: str,
     }
 
 
+# -- what the portal shows next to "Add credit" ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Price:
+    """One catalog model's prices per million tokens, in wallet minor units and as text."""
+
+    model: str
+    api_format: str
+    endpoints: tuple[str, ...]
+    input: int
+    output: int
+    cached_input: int
+    text: dict[str, str]
+
+
+def price_list(config: Config) -> list[Price]:
+    """The catalog with its prices, as clients are charged (``models`` in the config)."""
+    w = config.wallet
+    out = []
+    for m in config.models.values():
+        amounts = {"input": m.prices.input, "output": m.prices.output,
+                   "cached_input": m.prices.cached_input}
+        out.append(Price(m.name, m.provider.api_format, m.endpoints, **amounts,
+                         text={k: format_amount(v, w["minor_unit_scale"], w["currency"])
+                               for k, v in amounts.items()}))
+    return out
+
+
+def gateway_url(config: Config) -> str:
+    """The base URL clients give their SDK (``…/v1``)."""
+    return public_url(config.proxy) + "/v1"
+
+
 def create_checkout(ctx: Ctx, account_id: str, amount: int) -> Checkout:
     """Start a Stripe Checkout Session crediting ``amount`` (wallet minor units) to the
     account once paid. Records the session (``checkout_sessions``) and audits it; flushes.
@@ -162,6 +194,8 @@ def create_checkout(ctx: Ctx, account_id: str, amount: int) -> Checkout:
 def _create_session(config: Config, key: str, params: dict[str, Any],
                     reference: str) -> tuple[str, str]:
     """(session id, hosted page URL) of a new Checkout Session."""
+    import stripe  # here: the proxy and the CLI never need the SDK
+
     p = config.raw["payments"]
     http = stripe.RequestsClient(timeout=p["timeout_seconds"])
     client = stripe.StripeClient(key, http_client=http, max_network_retries=1,

@@ -146,3 +146,18 @@ def test_processor_amounts_are_exact(currency, amount, units):
     assert payments.processor_amount(amount, currency, 1_000_000) == units
     with pytest.raises(ValidationError, match="multiple of"):
         payments.processor_amount(amount + 1, currency, 1_000_000)
+
+
+def test_the_portal_can_show_the_base_url_and_the_prices(config, test_ca):
+    assert payments.gateway_url(config) == "http://127.0.0.1:8080/v1"
+    tls = reconfigured(config, proxy={"listen_host": "::1", "tls": {
+        "cert_file": test_ca["cert.pem"], "key_file": test_ca["key.pem"]}})
+    assert payments.gateway_url(tls) == "https://[::1]:8080/v1"
+    prices = {p.model: p for p in payments.price_list(config)}
+    assert set(prices) == {"sim-gpt", "sim-embed", "sim-claude"}
+    claude = prices["sim-claude"]
+    assert (claude.api_format, claude.input, claude.output) == ("anthropic", 3_000_000,
+                                                                15_000_000)
+    assert claude.text == {"input": "3.000000 USD", "output": "15.000000 USD",
+                           "cached_input": "0.300000 USD"}
+    assert prices["sim-embed"].endpoints == ("embeddings",)
