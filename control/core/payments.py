@@ -29,7 +29,7 @@ from control.core import accounts
 from control.core.audit import Action
 from control.core.config import Config
 from control.core.context import Ctx
-from control.core.errors import HushgateError, ValidationError
+from control.core.errors import ConfigError, HushgateError, ValidationError
 from control.core.models import CheckoutSession
 from control.core.money import format_amount
 from control.core.passwords import control_url, public_url
@@ -98,7 +98,11 @@ def enabled(config: Config) -> bool:
 def amount_bounds(config: Config) -> tuple[int, int]:
     """(smallest, largest) top-up in wallet minor units."""
     p = config.raw["payments"]
-    return p["min_amount"], min(p["max_amount"], config.wallet["max_amount"])
+    lo, hi = p["min_amount"], min(p["max_amount"], config.wallet["max_amount"])
+    if lo > hi:
+        raise ConfigError("invalid configuration: payments.min_amount is above "
+                          "payments.max_amount (or wallet.max_amount)")
+    return lo, hi
 
 
 def _check_amount(config: Config, amount: int) -> int:

@@ -13,7 +13,7 @@ from stripe_double import StripeDouble
 
 from control.core import payments, wallet
 from control.core.audit import Actor
-from control.core.errors import ValidationError
+from control.core.errors import ConfigError, ValidationError
 from control.core.models import AuditEvent, CheckoutSession, LedgerEntry
 from control.web import create_app
 
@@ -103,6 +103,12 @@ def test_amounts_outside_the_bounds_or_below_a_cent_ask_nothing_of_stripe(
     assert double.requests == []
     with db.read_transaction() as s:
         assert s.scalar(select(func.count()).select_from(CheckoutSession)) == 0
+
+
+def test_inverted_bounds_are_a_config_error(config):
+    with pytest.raises(ConfigError, match="min_amount is above"):
+        payments.amount_bounds(reconfigured(config, payments={"min_amount": 9_000_000,
+                                                              "max_amount": 8_000_000}))
 
 
 def test_disabled_or_unconfigured_top_ups_are_refused(db, config, funded_account, monkeypatch):
