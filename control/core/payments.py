@@ -24,6 +24,7 @@ import logging
 import os
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from control.core import accounts
 from control.core.audit import Action
@@ -45,6 +46,7 @@ ZERO_DECIMAL = frozenset({"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga"
                           "ugx", "vnd", "vuv", "xaf", "xof", "xpf"})
 THREE_DECIMAL = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
 RETURN_PATH = "/portal/ledger"
+STRIPE_CHECKOUT_ORIGIN = "https://checkout.stripe.com"
 
 
 class PaymentsDisabled(HushgateError):
@@ -163,6 +165,17 @@ def price_list(config: Config) -> list[Price]:
 def gateway_url(config: Config) -> str:
     """The base URL clients give their SDK (``…/v1``)."""
     return public_url(config.proxy) + "/v1"
+
+
+def checkout_origin(config: Config) -> str:
+    """The origin of the processor's hosted checkout page. The page whose form starts a
+    checkout must allow it in its CSP ``form-action`` (browsers apply ``form-action`` to the
+    redirect that follows the POST)."""
+    api_base = config.raw["payments"].get("api_base")
+    if api_base:  # a local double serves its own checkout page
+        parts = urlsplit(api_base)
+        return f"{parts.scheme}://{parts.netloc}"
+    return STRIPE_CHECKOUT_ORIGIN
 
 
 def create_checkout(ctx: Ctx, account_id: str, amount: int) -> Checkout:

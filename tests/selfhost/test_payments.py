@@ -53,6 +53,7 @@ def test_a_paid_checkout_credits_the_wallet_once(db, funded_account, stripe_api)
     assert payments.enabled(config)
     checkout = _checkout(db, config, funded_account, 25_000_000)  # 25 USD
     assert checkout.url == f"{double.api_base}/pay/{checkout.session_id}"
+    assert checkout.url.startswith(payments.checkout_origin(config) + "/")
     (call,) = double.requests
     params = call["params"]
     assert params["metadata"] == {"account_id": funded_account,
@@ -167,3 +168,8 @@ def test_the_portal_can_show_the_base_url_and_the_prices(config, test_ca):
     assert claude.text == {"input": "3.000000 USD", "output": "15.000000 USD",
                            "cached_input": "0.300000 USD"}
     assert prices["sim-embed"].endpoints == ("embeddings",)
+
+
+def test_the_checkout_origin_is_stripes_unless_a_double_serves_it(config):
+    on = reconfigured(config, payments={"provider": "stripe"})
+    assert payments.checkout_origin(on) == "https://checkout.stripe.com"
