@@ -162,6 +162,7 @@ class _Slot:
     in_use: int = 0  # reserved by requests in flight
     last_used: float = 0.0
     missed: int = 0  # the largest request refused since the last refill
+    refilling: bool = False  # a refill was handed out and hasn't come back yet
 
 
 class LeaseBook:
@@ -214,24 +215,35 @@ class LeaseBook:
             return 0 if slot is None or slot.lease_id is None else slot.granted - slot.in_use
 
     def refills(self) -> list[Refill]:
-        """Accounts in use whose free part is below the low-water mark, or that missed."""
+        """Accounts in use whose free part is below the low-water mark, or that missed.
+        Each is handed out once until :meth:`apply_grant`, :meth:`lease_lost` or
+        :meth:`refill_failed` reports back (one grant in flight per account, so a lease is
+        never created twice)."""
         now = self._clock()
         out = []
         with self._lock:
             for account_id, s in self._slots.items():
-                if now - s.last_used > self.idle_seconds:
+                if s.refilling or now - s.last_used > self.idle_seconds:
                     continue
                 free = s.granted - s.in_use
                 if s.missed or free < self.low_water:
                     want = max(self.lease_size - free, s.missed)
+                    s.refilling = True
                     out.append(Refill(account_id, s.lease_id, want))
         return out
+
+    def refill_failed(self, account_id: str) -> None:
+        """The grant failed (database error): the account may be handed out again."""
+        with self._lock:
+            slot = self._slots.get(account_id)
+            if slot is not None:
+                slot.refilling = False
 
     def apply_grant(self, grant: LeaseGrant) -> None:
         """Record a committed :func:`grant_lease` (also one that granted nothing)."""
         with self._lock:
             slot = self._slots.setdefault(grant.account_id, _Slot())
-            slot.missed = 0
+            slot.missed, slot.refilling = 0, False
             if grant.lease_id is not None and grant.granted:
                 if slot.lease_id != grant.lease_id:
                     slot.lease_id, slot.granted = grant.lease_id, 0
@@ -242,7 +254,7 @@ class LeaseBook:
         with self._lock:
             slot = self._slots.get(account_id)
             if slot is not None:
-                slot.lease_id, slot.granted = None, 0
+                slot.lease_id, slot.granted, slot.refilling = None, 0, False
 
     def take_surplus(self, *, idle_only: bool = True) -> list[tuple[str, str, int]]:
         """Take the free part of idle accounts' leases (all accounts if not ``idle_only``)
