@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from test_outcomes import assert_books_balance, make_record
@@ -87,26 +91,25 @@ def test_grant_is_conditional_and_shrinks_near_the_end(db, funded_account):
     assert assert_books_balance(db, funded_account).available == 1_000_000
 
 
-def _race(db, account_id, cost, books, threads_per_book):
-    """Every thread spends until refused; a refused thread gives back its book's free part
-    and stops only once the account can't fund another request."""
-    with db.transaction() as s:
-        ids = [instances.register(s) for _ in books]
+def spend_until_empty(db, account_id, cost, book, inst, n_threads, prefix):
+    """Threads spend through one book (one process) until refused; a refused thread gives
+    back the book's free part and stops only once the account can't fund another request.
+    Returns the request ids charged."""
     successes, lock, seq = [], threading.Lock(), iter(range(10**9))
 
-    def refill(book, inst, account):
+    def refill():
         for r in book.refills():
             try:
                 with db.transaction() as s:
                     book.apply_grant(leases.grant_lease(s, r.account_id, inst, r.want,
                                                         lease_id=r.lease_id, minimum=cost))
             except NotFound:
-                book.lease_lost(account)
+                book.lease_lost(r.account_id)
             except BaseException:
-                book.refill_failed(account)
+                book.refill_failed(r.account_id)
                 raise
 
-    def give_back(book):
+    def give_back():
         for account, lease_id, amount in book.take_surplus(idle_only=False):
             with db.transaction() as s:
                 leases.return_lease(s, account, lease_id, amount)
@@ -118,13 +121,13 @@ def _race(db, account_id, cost, books, threads_per_book):
         with lock:
             successes.append(outcome.request_id)
 
-    def worker(book, inst):
+    def worker():
         while True:
             with lock:
-                rid = f"race-{next(seq):06d}"
+                rid = f"{prefix}-{next(seq):06d}"
             ticket = book.try_reserve(account_id, cost)
             if ticket is None:
-                refill(book, inst, account_id)
+                refill()
                 ticket = book.try_reserve(account_id, cost)
             if ticket is not None:
                 consumed = book.finish(ticket, cost)
@@ -135,31 +138,77 @@ def _race(db, account_id, cost, books, threads_per_book):
                 with db.transaction() as s:
                     hold = wallet.reserve(s, account_id, cost, instance_id=inst)
             except InsufficientFunds:
-                give_back(book)
+                give_back()
                 with db.read_transaction() as s:
                     if wallet.get_balance(s, account_id).available < cost:
                         return
                 continue
             charge(Outcome(make_record(rid, account_id), charge=cost, hold_id=hold.id))
 
-    threads = [threading.Thread(target=worker, args=(book, inst))
-               for book, inst in zip(books, ids, strict=True) for _ in range(threads_per_book)]
+    threads = [threading.Thread(target=worker) for _ in range(n_threads)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    for book in books:
-        give_back(book)
-    with db.transaction() as s:
-        for inst in ids:
-            instances.deregister(s, inst)
+    give_back()
     return successes
 
 
 def test_books_racing_for_the_last_funds_never_overspend(db, funded_account):
     cost = 70_001  # 10,000,000 funds exactly 142 requests, with 58,858 left over
     books = [LeaseBook(lease_size=2_000_000) for _ in range(3)]
-    successes = _race(db, funded_account, cost, books, threads_per_book=3)
+    with db.transaction() as s:
+        ids = [instances.register(s) for _ in books]
+    results, threads = [], []
+    for i, (book, inst) in enumerate(zip(books, ids, strict=True)):
+        threads.append(threading.Thread(target=lambda b=book, n=inst, p=f"race{i}": results.extend(
+            spend_until_empty(db, funded_account, cost, b, n, 3, p))))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with db.transaction() as s:
+        for inst in ids:
+            instances.deregister(s, inst)
+    successes = results
     assert len(successes) == len(set(successes)) == 10_000_000 // cost
     bal = assert_books_balance(db, funded_account)
     assert (bal.balance, bal.held) == (10_000_000 % cost, 0)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_two_processes_racing_for_the_last_funds_never_overspend(db, db_url, funded_account):
+    cost = 90_001  # 10,000,000 funds exactly 111 requests
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    procs = [subprocess.Popen([sys.executable, __file__, db_url, funded_account, str(cost),
+                               f"proc{i}"], stdout=subprocess.PIPE, text=True, env=env,
+                              cwd=Path(__file__).parent) for i in range(2)]
+    try:
+        counts = [int(p.communicate(timeout=240)[0].split()[-1]) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert sum(counts) == 10_000_000 // cost
+    bal = assert_books_balance(db, funded_account)
+    assert (bal.balance, bal.held) == (10_000_000 % cost, 0)
+
+
+def _process_main(url, account_id, cost, prefix):
+    from control.core.db import Database
+
+    db = Database(url, pool_size=4)
+    with db.transaction() as s:
+        inst = instances.register(s)
+    book = LeaseBook(lease_size=2_000_000)
+    done = spend_until_empty(db, account_id, int(cost), book, inst, 3, prefix)
+    with db.transaction() as s:
+        instances.deregister(s, inst)
+    db.dispose()
+    print(len(done), flush=True)
+
+
+if __name__ == "__main__":
+    _process_main(*sys.argv[1:5])
