@@ -97,8 +97,15 @@ DEFAULTS: dict[str, Any] = {
         "currency": "USD",
         "minor_unit_scale": 1_000_000,
         "max_amount": 1_000_000_000_000,
-        "hold_ttl_seconds": 900,
+        # Only for holds of callers that don't register as a proxy instance: a registered
+        # proxy's holds live as long as its heartbeat. Must outlast the longest request.
+        "hold_ttl_seconds": 3900,
         "low_balance_threshold": 1_000_000,
+        "heartbeat_seconds": 5,
+        "instance_dead_after_seconds": 30,
+        "lease_size": 5_000_000,
+        "lease_share_percent": 50,
+        "lease_idle_seconds": 30,
     },
     "retention": {
         "request_records_days": 90,
@@ -110,7 +117,7 @@ DEFAULTS: dict[str, Any] = {
     "auth": {
         "bcrypt_cost": 12,
         "key_cache_ttl_seconds": 60,
-        "revocation_poll_ms": 1000,
+        "revocation_poll_ms": 500,
         "redis_url": None,
         "redis_url_env": "HUSHGATE_REDIS_URL",
     },
@@ -433,8 +440,26 @@ def _resolve(raw: dict[str, Any], cfg_path: Path | None) -> Config:
             prices=Prices(pr["input"], pr["output"], pr.get("cached_input", pr["input"])),
             max_output_tokens=m.get("max_output_tokens", 4096),
         )
+    _check_money_timing(raw)
     return Config(raw=raw, path=cfg_path, data_dir=data_dir, database_url=url,
                   providers=providers, models=models, redis_url=_redis_url(raw["auth"]))
+
+
+def _check_money_timing(raw: dict[str, Any]) -> None:
+    """Refuse timings that would let a hold or a lease vanish while its request runs."""
+    w, proxy = raw["wallet"], raw["proxy"]
+    longest = max(proxy.get("max_request_seconds", 3600),
+                  -(-proxy.get("upstream_timeout_ms", 0) // 1000))
+    if w["hold_ttl_seconds"] <= longest:
+        raise ConfigError(
+            f"invalid configuration: wallet.hold_ttl_seconds ({w['hold_ttl_seconds']}) must "
+            f"be longer than the longest request ({longest} s: proxy.max_request_seconds / "
+            "proxy.upstream_timeout_ms), or a running request's hold could expire")
+    if w["instance_dead_after_seconds"] < 3 * w["heartbeat_seconds"]:
+        raise ConfigError(
+            "invalid configuration: wallet.instance_dead_after_seconds must be at least 3 x "
+            "wallet.heartbeat_seconds, or a live proxy could be declared dead between two "
+            "heartbeats and lose its holds")
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")

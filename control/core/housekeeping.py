@@ -3,8 +3,11 @@
 At start the privacy policy rendered from the running configuration is published (a changed
 text gets a new date and queues a policy-changed notice to every account). Then, in one
 daemon thread: the retention purge every ``retention.schedule_minutes`` (also sweeping
-expired wallet holds, so a crashed proxy cannot freeze funds), and delivery of queued
-notifications every ``DELIVERY_SECONDS`` when ``smtp.host`` is set.
+expired holds of unregistered callers), the proxy-instance sweep every
+``wallet.heartbeat_seconds`` (the holds and leases of a proxy whose heartbeat stopped are
+released, so a crashed proxy frees its customers' funds within about
+``wallet.instance_dead_after_seconds``), and delivery of queued notifications every
+``DELIVERY_SECONDS`` when ``smtp.host`` is set.
 
 Failures are logged by exception type only and retried next round: the service stays up.
 """
@@ -17,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from control.core import notify, policy, retention
+from control.core import instances, notify, policy, retention
 from control.core.audit import SYSTEM
 from control.core.config import Config
 from control.core.context import Ctx
@@ -38,6 +41,8 @@ class Housekeeping:
         self.config = config
         self.retention_seconds = config.retention["schedule_minutes"] * 60
         self.delivery_seconds = delivery_seconds
+        self.instance_sweep_seconds = float(config.wallet["heartbeat_seconds"])
+        self.last_instances_expired = 0
         self.last_retention: retention.RetentionReport | None = None
         self.last_delivery: notify.DeliveryReport | None = None
         self._stop = threading.Event()
@@ -76,6 +81,15 @@ class Housekeeping:
         self.last_retention = retention.run_retention(self.db, self.config)
         log.info("retention: %s", self.last_retention)
 
+    def sweep_instances(self) -> None:
+        with self.db.transaction() as session:
+            self.last_instances_expired = instances.sweep_dead_instances(
+                session, self.config.audit_hmac_key(),
+                dead_after_seconds=self.config.wallet["instance_dead_after_seconds"])
+        if self.last_instances_expired:
+            log.warning("released the holds and leases of %d proxy instance(s) whose "
+                        "heartbeat stopped", self.last_instances_expired)
+
     def deliver(self) -> None:
         self.last_delivery = notify.deliver_pending(self.db, self.config)
 
@@ -83,15 +97,19 @@ class Housekeeping:
         next_retention = time.monotonic()
         # Without smtp.host messages stay queued (`hushgate notify deliver` reports it).
         next_delivery = next_retention if self.config.smtp.get("host") else math.inf
+        next_instances = next_retention
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_retention:
                 self._guard("retention run", self.run_retention)
                 next_retention = time.monotonic() + self.retention_seconds
+            if now >= next_instances:
+                self._guard("proxy instance sweep", self.sweep_instances)
+                next_instances = time.monotonic() + self.instance_sweep_seconds
             if now >= next_delivery:
                 self._guard("notification delivery", self.deliver)
                 next_delivery = time.monotonic() + self.delivery_seconds
-            wait = min(next_retention, next_delivery) - time.monotonic()
+            wait = min(next_retention, next_delivery, next_instances) - time.monotonic()
             self._stop.wait(max(0.05, min(wait, 60.0)))
 
     @staticmethod

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import math
 import re
 import secrets
 import string
@@ -47,6 +49,8 @@ ID_LEN, SECRET_LEN, CRC_LEN = 12, 32, 6
 _KEY_RE = re.compile(r"^(hg|hga)_([0-9A-Za-z]{12})_([0-9A-Za-z]{32})([0-9A-Za-z]{6})$")
 MAX_KEY_CHARS = 80  # anything longer is not one of ours; refuse before any work
 MAX_LIMIT = 10_000_000
+
+log = logging.getLogger("hushgate.keys")
 
 
 def _b62(n: int, width: int) -> str:
@@ -248,82 +252,253 @@ class KeyPrincipal:
         return self.allowed_models is None or model in self.allowed_models
 
 
+#: A cached key is served only while the last completed poll of the change counter started
+#: less than ``min(MAX_STALENESS, 3 x poll_seconds)`` ago; otherwise the request takes the
+#: slow path, which polls. So a change committed at T is honoured by every process from
+#: T + MAX_STALENESS on, whatever the load or the poller's luck (revocation within 2 s).
+MAX_STALENESS = 1.5
+#: Bound on cached keys; the oldest entry goes first when it is full.
+MAX_ENTRIES = 100_000
+_REVALIDATE_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    principal: KeyPrincipal
+    secret_hash: str  # the bcrypt hash this key's secret was verified against
+    generation: int | None  # the change counter this entry is known to be current for
+    revoked: bool = False  # terminal: a revoked key never becomes active again
+
+
+def _principal(key: ApiKey) -> KeyPrincipal:
+    return KeyPrincipal(
+        key_id=key.key_id, account_id=key.account_id,
+        allowed_models=tuple(key.allowed_models) if key.allowed_models else None,
+        expires_at=key.expires_at, revoke_at=key.revoke_at, rpm_limit=key.rpm_limit,
+        tpm_limit=key.tpm_limit, budget=key.budget)
+
+
 class KeyAuthenticator:
-    """Verifies keys with bcrypt once, then serves successes from memory for ``ttl`` seconds.
+    """Verifies a key with bcrypt once, then serves it from memory until it changes.
 
     The cache is keyed by an HMAC of the full key under a per-process random pepper, never
-    by the key. Only successes are cached. Unknown key ids pay a dummy bcrypt verify, so
-    timing doesn't tell an unknown id from a wrong secret. Any change to keys or accounts
-    bumps a counter in the database; it is polled at most every ``poll_seconds`` and a change
-    empties the cache, so revocation from another process is seen within that interval.
-    Thread-safe: the proxy calls it from worker threads.
+    by the key. Only successes are cached, and revocations of a verified key (final, so a
+    revoked key costs no bcrypt either). Unknown key ids pay a dummy bcrypt verify, so
+    timing doesn't tell an unknown id from a wrong secret.
+
+    Every change to a key or an account bumps the ``keys`` change counter in the same
+    transaction. Entries carry the counter value ("generation") they are known current for.
+    A poll (:meth:`poll`: the poller thread of :meth:`start`, or inline on the slow path)
+    reads the counter and, when it moved, re-reads the rows of every cached key in one query
+    and drops the ones revoked, expired, re-hashed or whose account is no longer active —
+    no bcrypt: the secret was already verified against the same hash. An unchanged key
+    therefore never pays bcrypt again, and there is no wall-clock TTL.
+
+    - :meth:`cached` is the fast path: a dict lookup, no database, no lock wait, no thread
+      hop (call it on the event loop). It returns None when the key isn't cached, its
+      generation is not the current one, or the last poll is older than
+      :data:`MAX_STALENESS` — then call :meth:`authenticate` (blocking, on a thread).
+    - :meth:`authenticate` reads the counter *before* the row and again *after* the bcrypt
+      check; if it moved, the row is read again before anything is cached, so a revocation
+      that lands during a verification is never cached as a success.
+
+    Thread-safe. ``ttl_seconds`` is accepted for compatibility and ignored.
     """
 
     def __init__(self, session_factory, *, bcrypt_cost: int = 12, ttl_seconds: float = 60,
-                 poll_seconds: float = 1.0, prefix: str = ACCOUNT_PREFIX) -> None:
+                 poll_seconds: float = 0.5, prefix: str = ACCOUNT_PREFIX,
+                 max_entries: int = MAX_ENTRIES) -> None:
+        del ttl_seconds  # entries expire by generation, not by time
         self._session_factory = session_factory
-        self._ttl = ttl_seconds
-        self._poll = poll_seconds
+        self._poll_every = min(poll_seconds, MAX_STALENESS / 2)
+        # Serve from memory only while the last poll is this recent (0: always poll first).
+        self._staleness = min(MAX_STALENESS, 3 * poll_seconds)
         self._prefix = prefix
+        self._max_entries = max_entries
         self._pepper = secrets.token_bytes(32)
-        self._cache: dict[bytes, tuple[float, KeyPrincipal]] = {}
-        self._lock = threading.Lock()
-        self._counter: int | None = None
-        self._polled_at = 0.0
+        self._cache: dict[bytes, _Entry] = {}
+        self._lock = threading.Lock()  # guards writes to _cache / _generation
+        self._poll_lock = threading.Lock()  # one poll at a time
+        self._generation: int | None = None
+        self._fresh_at = -math.inf  # monotonic start of the last completed poll
         self._dummy_hash = bcrypt.hashpw(b"x" * SECRET_LEN, bcrypt.gensalt(rounds=bcrypt_cost))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.bcrypt_checks = 0  # counted, for tests and metrics
 
     def fingerprint(self, raw: str) -> bytes:
         """An HMAC of the key under a per-process random pepper: the cache key (never the key
         itself), also used by the proxy to share one check among concurrent requests."""
         return hmac.new(self._pepper, raw.encode(), hashlib.sha256).digest()
 
-    def _refresh(self, session: Session) -> None:
-        now = time.monotonic()
-        if now - self._polled_at < self._poll:
+    # -- the background poller ------------------------------------------------------------
+
+    def start(self) -> KeyAuthenticator:
+        """Poll in a daemon thread, so the fast path stays fresh without any request
+        waiting on the database."""
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="hushgate-key-poller",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll()
+            except Exception as exc:  # noqa: BLE001 - stale cache falls back to the slow path
+                log.warning("hushgate: key change poll failed (%s)", type(exc).__name__)
+            self._stop.wait(self._poll_every)
+
+    def poll(self, session: Session | None = None) -> None:
+        """Read the change counter; if it moved, revalidate every cached key (no bcrypt)."""
+        with self._poll_lock:
+            started = time.monotonic()
+            if session is None:
+                with self._session_factory() as own:
+                    self._poll_with(own, started)
+            else:
+                self._poll_with(session, started)
+
+    def _poll_with(self, session: Session, started: float) -> None:
+        value = _counter(session)
+        if value == self._generation:
+            self._fresh_at = started
             return
-        value = session.scalar(select(ChangeCounter.value).where(ChangeCounter.name == "keys"))
+        snapshot = dict(self._cache)
+        rows: dict[str, tuple[ApiKey, str]] = {}
+        ids = sorted({e.principal.key_id for e in snapshot.values()})
+        for i in range(0, len(ids), _REVALIDATE_CHUNK):
+            for key, account_status in session.execute(
+                    select(ApiKey, Account.status).join(Account, Account.id == ApiKey.account_id)
+                    .where(ApiKey.key_id.in_(ids[i:i + _REVALIDATE_CHUNK]))):
+                rows[key.key_id] = (key, account_status)
         with self._lock:
-            self._polled_at = now
-            if value != self._counter:
-                self._counter = value
-                self._cache.clear()
+            for fp, entry in snapshot.items():
+                if self._cache.get(fp) is not entry:
+                    continue  # replaced meanwhile by a fresher check
+                fresh = self._current(entry, rows.get(entry.principal.key_id), value)
+                if fresh is None:
+                    del self._cache[fp]
+                else:
+                    self._cache[fp] = fresh
+            self._generation = value
+        self._fresh_at = started
+
+    @staticmethod
+    def _current(entry: _Entry, row: tuple[ApiKey, str] | None,
+                 generation: int | None) -> _Entry | None:
+        """The entry refreshed from its row, or None if the key may no longer be used."""
+        if row is None:
+            return None
+        key, account_status = row
+        if key.secret_hash != entry.secret_hash:
+            return None
+        if key.status == "revoked":  # remembered, so a revoked key costs no bcrypt either
+            return _Entry(entry.principal, entry.secret_hash, generation, revoked=True)
+        if account_status != "active":
+            return None
+        return _Entry(_principal(key), entry.secret_hash, generation)
 
     def invalidate(self) -> None:
         """Forget every cached success (e.g. on a pub/sub notice)."""
         with self._lock:
             self._cache.clear()
 
+    # -- the two paths ----------------------------------------------------------------------
+
+    def cached(self, raw: str | None) -> KeyPrincipal | None:
+        """The fast path: the principal of a cached, current key, or None (then call
+        :meth:`authenticate`). Raises InvalidKey for a malformed key and KeyExpired /
+        KeyRevoked when a cached key's expiry or rotation grace has passed. No I/O."""
+        parse(raw, self._prefix)
+        assert raw is not None
+        entry = self._cache.get(self.fingerprint(raw))
+        if entry is not None and entry.revoked:
+            raise KeyRevoked("API key has been revoked")
+        if (entry is None or entry.generation is None or entry.generation != self._generation
+                or time.monotonic() - self._fresh_at > self._staleness):
+            return None
+        entry.principal.check_time(utcnow())
+        return entry.principal
+
     def authenticate(self, raw: str | None) -> KeyPrincipal:
-        """Return the principal for a valid key or raise an InvalidKey subclass. Blocking."""
+        """Return the principal for a valid key or raise an InvalidKey subclass. Blocking
+        (database, and bcrypt the first time a key is seen)."""
+        hit = self.cached(raw)
+        if hit is not None:
+            return hit
         parsed = parse(raw, self._prefix)
         assert raw is not None
         fp = self.fingerprint(raw)
         with self._session_factory() as session:
-            self._refresh(session)
-            now = utcnow()
-            with self._lock:
-                hit = self._cache.get(fp)
-            if hit is not None and time.monotonic() - hit[0] < self._ttl:
-                hit[1].check_time(now)
-                return hit[1]
-            row = session.execute(
-                select(ApiKey, Account.status).join(Account, Account.id == ApiKey.account_id)
-                .where(ApiKey.key_id == parsed.key_id)).first()
-            stored = row[0].secret_hash.encode() if row and row[0].secret_hash else None
-            ok = bcrypt.checkpw(parsed.secret.encode(), stored or self._dummy_hash)
-            if not (stored and ok):
-                raise InvalidKey("invalid API key")
-            key, account_status = row
-            if key.status != "active":
-                raise KeyRevoked("API key has been revoked")
-            if account_status != "active":
-                raise AccountInactive("the account of this API key is not active")
-            principal = KeyPrincipal(
-                key_id=key.key_id, account_id=key.account_id,
-                allowed_models=tuple(key.allowed_models) if key.allowed_models else None,
-                expires_at=key.expires_at, revoke_at=key.revoke_at, rpm_limit=key.rpm_limit,
-                tpm_limit=key.tpm_limit, budget=key.budget)
-        principal.check_time(now)
+            if time.monotonic() - self._fresh_at > self._staleness:
+                self.poll(session)
+            generation = _counter(session)
+            row = _key_row(session, parsed.key_id)
+            session.rollback()  # end the read snapshot (SQLite) before the slow check
+            stored = row.secret_hash if row else None
+            known = self._cache.get(fp)
+            if not (stored and known is not None and known.secret_hash == stored):
+                self.bcrypt_checks += 1
+                ok = bcrypt.checkpw(parsed.secret.encode(),
+                                    stored.encode() if stored else self._dummy_hash)
+                if not (stored and ok):
+                    raise InvalidKey("invalid API key")
+            # The counter again, after the (slow) check, in a new snapshot: a change that
+            # landed meanwhile means the row may be stale; read it again before trusting it.
+            for _ in range(5):
+                now_generation = _counter(session)
+                if now_generation == generation:
+                    break
+                generation = now_generation
+                row = _key_row(session, parsed.key_id)
+                session.rollback()
+            else:
+                generation = None  # still changing: answer from the latest row, cache nothing
+        if row is None or row.secret_hash != stored:
+            raise InvalidKey("invalid API key")
+        if row.status != "active":
+            with self._lock:  # the secret is right and revocation is final: remember it
+                self._cache[fp] = _Entry(row.principal, stored, generation, revoked=True)
+            raise KeyRevoked("API key has been revoked")
+        if row.account_status != "active":
+            raise AccountInactive("the account of this API key is not active")
+        row.principal.check_time(utcnow())
+        assert stored is not None
         with self._lock:
-            self._cache[fp] = (time.monotonic(), principal)
-        return principal
+            if len(self._cache) >= self._max_entries and fp not in self._cache:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[fp] = _Entry(row.principal, stored, generation)
+        return row.principal
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyRow:
+    principal: KeyPrincipal
+    secret_hash: str | None
+    status: str
+    account_status: str
+
+
+def _key_row(session: Session, key_id: str) -> _KeyRow | None:
+    """A key's row and its account's status, as plain values (read fresh, never from the
+    session's identity map)."""
+    row = session.execute(
+        select(ApiKey, Account.status).join(Account, Account.id == ApiKey.account_id)
+        .where(ApiKey.key_id == key_id).execution_options(populate_existing=True)).first()
+    if row is None:
+        return None
+    key, account_status = row
+    return _KeyRow(_principal(key), key.secret_hash, key.status, account_status)
+
+
+def _counter(session: Session) -> int | None:
+    return session.scalar(select(ChangeCounter.value).where(ChangeCounter.name == "keys"))

@@ -103,7 +103,8 @@ class ApiKey(Base):
 
     __table_args__ = (
         CheckConstraint("status IN ('active','revoked')", name="status"),
-        CheckConstraint("budget IS NULL OR spent + budget_held <= budget", name="budget"),
+        # No CHECK on spent <= budget: a provider-reported overage is charged in full and
+        # counted here; reserve then refuses the key (``wallet.reserve``).
         CheckConstraint("budget_held >= 0", name="budget_held"),
     )
 
@@ -154,7 +155,14 @@ class LoginFailure(Base):
 
 
 class Wallet(Base):
-    """Balance and open holds. ``balance == sum(ledger)``; ``balance - held >= 0`` always."""
+    """Balance and what is set aside. ``balance == sum(ledger)``.
+
+    ``held`` is the sum of open holds and open balance leases; reserve and lease grants are
+    conditional on ``balance - held`` covering them, so they never overdraw. Only a charge
+    the provider reported beyond what was reserved and available takes ``balance - held``
+    below zero: that is recorded debt (the record is flagged), and reserve refuses the
+    account until it is topped up.
+    """
 
     __tablename__ = "wallets"
 
@@ -163,10 +171,7 @@ class Wallet(Base):
     held: Mapped[money]
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
-    __table_args__ = (
-        CheckConstraint("held >= 0", name="held_nonneg"),
-        CheckConstraint("balance - held >= 0", name="available_nonneg"),
-    )
+    __table_args__ = (CheckConstraint("held >= 0", name="held_nonneg"),)
 
 
 class LedgerEntry(Base):
@@ -194,7 +199,11 @@ class LedgerEntry(Base):
 
 
 class Hold(Base):
-    """Funds reserved for one in-flight request."""
+    """Funds reserved for one in-flight request.
+
+    A hold with an ``instance_id`` belongs to a live proxy process (``proxy_instances``) and
+    is released only when that process's heartbeat stops; one without (taken by callers that
+    don't register) is released by the sweep once ``expires_at`` passes."""
 
     __tablename__ = "holds"
 
@@ -207,10 +216,52 @@ class Hold(Base):
     created_at: Mapped[created_at]
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    instance_id: Mapped[str | None] = mapped_column(String(32), index=True)
 
     __table_args__ = (
         CheckConstraint("amount >= 0", name="amount"),
         CheckConstraint("status IN ('open','settled','released')", name="status"),
+    )
+
+
+class ProxyInstance(Base):
+    """A running proxy process. Its holds and leases live as long as its heartbeat does."""
+
+    __tablename__ = "proxy_instances"
+
+    id: Mapped[uuid_pk]
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="live")  # live|stopped|expired
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        CheckConstraint("status IN ('live','stopped','expired')", name="status"),
+    )
+
+
+class BalanceLease(Base):
+    """Part of an account's available balance set aside for one proxy process (escrow).
+
+    ``amount`` is what the lease still holds in ``wallets.held``; the process spends inside
+    it in memory and each charge it commits consumes from it."""
+
+    __tablename__ = "balance_leases"
+
+    id: Mapped[uuid_pk]
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    instance_id: Mapped[str] = mapped_column(String(32), index=True)
+    amount: Mapped[int] = mapped_column(Money)
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open|closed
+    created_at: Mapped[created_at]
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        CheckConstraint("amount >= 0", name="amount"),
+        CheckConstraint("status IN ('open','closed')", name="status"),
     )
 
 
@@ -239,6 +290,8 @@ class RequestRecord(Base):
     cached_tokens: Mapped[int] = mapped_column(Integer, default=0)
     estimated: Mapped[bool] = mapped_column(Boolean, default=False)
     cost: Mapped[money]
+    # The charge exceeded what was reserved and available: the account owes the difference.
+    debt: Mapped[bool] = mapped_column(Boolean, default=False)
     latency_ms: Mapped[int] = mapped_column(Integer, default=0)
     ttfb_ms: Mapped[int | None] = mapped_column(Integer)
     upstream_ms: Mapped[int | None] = mapped_column(Integer)

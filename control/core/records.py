@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +15,8 @@ from control.core.models import RequestRecord
 
 SCHEMA_NAME = "request-record.schema.json"
 RECORD_FIELDS: tuple[str, ...] = tuple(load_schema(SCHEMA_NAME)["properties"])
+#: Fields a record may omit (the schema doesn't require them), with their stored default.
+OPTIONAL_FIELDS: dict[str, Any] = {"debt": False}
 
 
 def validate_record(record: dict[str, Any]) -> None:
@@ -23,8 +25,10 @@ def validate_record(record: dict[str, Any]) -> None:
                         format_checker=jsonschema.FormatChecker())
 
 
-def _row(record: dict[str, Any]) -> dict[str, Any]:
-    row = {f: record[f] for f in RECORD_FIELDS}
+def record_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record dict as a row for ``request_records`` (optional fields defaulted)."""
+    row = {f: record[f] if f in record or f not in OPTIONAL_FIELDS else OPTIONAL_FIELDS[f]
+           for f in RECORD_FIELDS}
     if isinstance(row["time"], str):
         row["time"] = datetime.fromisoformat(row["time"])
     return row
@@ -32,7 +36,7 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
 
 def insert_records(session: Session, records: Iterable[dict[str, Any]]) -> int:
     """Bulk-insert validated record dicts (one executemany)."""
-    rows = [_row(r) for r in records]
+    rows = [record_row(r) for r in records]
     if rows:
         session.execute(insert(RequestRecord), rows)
     return len(rows)

@@ -1,19 +1,25 @@
 """Prepaid wallets: an append-only ledger, holds, and reserve-then-settle.
 
-Invariants, kept by conditional UPDATEs (and backed by CHECK constraints):
+Invariants, kept by conditional UPDATEs:
 - ``wallet.balance == sum(ledger_entries.amount)`` for the account;
-- ``wallet.balance - wallet.held >= 0`` (available never negative), under any concurrency;
-- a key with a budget never has ``spent + budget_held > budget``.
+- nothing is *reserved* beyond the available balance: a hold or a lease
+  (``control.core.leases``) is granted only if ``balance - held`` covers it, under any
+  concurrency, and a key's holds only if its budget covers them.
 
 ``reserve`` holds the worst-case cost before a request is forwarded; ``settle`` charges the
-actual cost (capped at what the wallet and key budget can cover, so the invariants hold even
-if the provider used more than the estimate) and frees the rest; ``release`` frees all of it.
+provider-reported cost **in full** and frees the rest of the hold; ``release`` frees all of
+it. A charge beyond the hold and the available balance is never capped: the account goes
+into debt by exactly the overage (``balance - held < 0``; the record is flagged, see
+``control.core.outcomes``) and reserve refuses it until it is topped up
+(:func:`accounts_in_debt` lists them). The batched, exactly-once form the proxy uses is
+``control.core.outcomes.settle_outcomes``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -176,6 +182,24 @@ def ledger_sum(session: Session, account_id: str) -> int:
                               .where(LedgerEntry.account_id == account_id)) or 0)
 
 
+@dataclass(frozen=True)
+class Debt:
+    account_id: str
+    owed: int  # minor units the account owes: -(balance - held)
+    balance: int
+    held: int
+
+
+def accounts_in_debt(session: Session, *, limit: int = 1000) -> list[Debt]:
+    """Accounts whose charges went beyond what they had (``balance - held < 0``), most owed
+    first: the operator's list (dashboard, API). Reserve refuses them until topped up."""
+    rows = session.execute(
+        select(Wallet.account_id, Wallet.balance, Wallet.held)
+        .where(Wallet.balance - Wallet.held < 0)
+        .order_by((Wallet.balance - Wallet.held).asc(), Wallet.account_id).limit(limit))
+    return [Debt(r.account_id, r.held - r.balance, r.balance, r.held) for r in rows]
+
+
 def entry_dict(e: LedgerEntry) -> dict[str, object]:
     return {"id": e.id, "kind": e.kind, "amount": e.amount, "balance_after": e.balance_after,
             "reference": e.reference, "reason": e.reason, "actor": e.actor,
@@ -212,10 +236,6 @@ _RESERVE_KEY = (update(_K).where(_K.c.key_id == _p_key,
 _CLOSE_HOLD = (update(_H).where(_H.c.id == _p_hold, _H.c.status == "open")
                .values(status=_p_status, closed_at=_p_now)
                .returning(_H.c.account_id, _H.c.key_id, _H.c.amount, _H.c.request_id))
-_WALLET_FOR_UPDATE = (select(_W.c.balance, _W.c.held).where(_W.c.account_id == _p_acct)
-                      .with_for_update())
-_KEY_FOR_UPDATE = (select(_K.c.budget, _K.c.spent, _K.c.budget_held)
-                   .where(_K.c.key_id == _p_key).with_for_update())
 _CHARGE_WALLET = (update(_W).where(_W.c.account_id == _p_acct)
                   .values(held=_W.c.held - _p_amount, balance=_W.c.balance - _p_charge,
                           updated_at=_p_now)
@@ -226,18 +246,28 @@ _CHARGE_KEY = (update(_K).where(_K.c.key_id == _p_key)
 
 def _expire(session: Session, account_id: str, key_id: str | None) -> None:
     """Forget in-session copies of the wallet (and key) rows a Core statement changed."""
+    expire_rows(session, (account_id,), () if key_id is None else (key_id,))
+
+
+def expire_rows(session: Session, account_ids: Iterable[str], key_ids: Iterable[str]) -> None:
+    """Forget in-session copies of wallet and key rows that Core statements changed."""
     if not session.identity_map:
         return
-    for cls, ident in ((Wallet, account_id), (ApiKey, key_id)):
-        if ident is not None:
+    for cls, idents in ((Wallet, account_ids), (ApiKey, key_ids)):
+        for ident in idents:
             obj = session.identity_map.get(identity_key(cls, ident))
             if obj is not None:
                 session.expire(obj)
 
 
 def reserve(session: Session, account_id: str, amount: int, *, key_id: str | None = None,
-            request_id: str | None = None, ttl_seconds: int = 900) -> Hold:
-    """Hold ``amount`` atomically, or raise InsufficientFunds / BudgetExceeded."""
+            request_id: str | None = None, ttl_seconds: int = 3900,
+            instance_id: str | None = None) -> Hold:
+    """Hold ``amount`` atomically, or raise InsufficientFunds / BudgetExceeded.
+
+    With ``instance_id`` (a registered proxy, ``control.core.instances``) the hold lasts as
+    long as that process's heartbeat, however long its request runs; without, the sweep
+    releases it after ``ttl_seconds``. An account in debt is refused (even for 0)."""
     if amount < 0:
         raise ValidationError("hold amount must not be negative", "amount")
     now = utcnow()
@@ -251,10 +281,11 @@ def reserve(session: Session, account_id: str, amount: int, *, key_id: str | Non
             raise BudgetExceeded("this API key's budget is exhausted")
     hold = Hold(id=new_id(), account_id=account_id, key_id=key_id, amount=amount,
                 status="open", request_id=request_id, created_at=now,
-                expires_at=now + timedelta(seconds=ttl_seconds))
+                expires_at=now + timedelta(seconds=ttl_seconds), instance_id=instance_id)
     session.execute(insert(_H).values(
         id=hold.id, account_id=account_id, key_id=key_id, amount=amount, status="open",
-        request_id=request_id, created_at=now, expires_at=hold.expires_at))
+        request_id=request_id, created_at=now, expires_at=hold.expires_at,
+        instance_id=instance_id))
     _expire(session, account_id, key_id)
     return hold
 
@@ -268,22 +299,20 @@ def _close(session: Session, hold_id: str, status: str) -> Any:
 
 def settle(session: Session, hold_id: str, actual: int, *, reference: str | None = None,
            estimated: bool = False, config: Config | None = None) -> int:
-    """Charge the actual cost against the hold and free the rest. Returns the amount charged
-    (0 if the hold was already closed, so a retry never double-charges).
+    """Charge the actual cost against the hold, in full, and free the rest. Returns the
+    amount charged (0 if the hold was already closed, so a retry never double-charges).
+
+    A cost beyond the hold and the available balance is charged in full: the account goes
+    into debt by the overage. (This per-hold form keeps the proxy's current writer working;
+    the exactly-once batched form, which also writes the record, is
+    ``control.core.outcomes.settle_outcomes``.)
 
     With ``config``, a charge that takes the balance below ``wallet.low_balance_threshold``
     queues one low-balance notice to the account holder (in this transaction)."""
     hold = _close(session, hold_id, "settled")
     if hold is None:
         return 0
-    wallet = session.execute(_WALLET_FOR_UPDATE, {"p_acct": hold.account_id}).one()
-    # Never charge more than the hold plus what is still free, so available stays >= 0.
-    charge = max(0, min(actual, wallet.balance - (wallet.held - hold.amount)))
-    if hold.key_id is not None:
-        key = session.execute(_KEY_FOR_UPDATE, {"p_key": hold.key_id}).first()
-        if key is not None and key.budget is not None:
-            charge = min(charge, key.budget - key.spent - (key.budget_held - hold.amount))
-            charge = max(charge, 0)
+    charge = max(0, actual)
     new_balance = session.execute(_CHARGE_WALLET, {
         "p_acct": hold.account_id, "p_amount": hold.amount, "p_charge": charge,
         "p_now": utcnow()}).scalar_one()
@@ -296,15 +325,23 @@ def settle(session: Session, hold_id: str, actual: int, *, reference: str | None
             reference=reference or hold.request_id, actor="proxy", estimated=estimated,
             created_at=utcnow()))
     _expire(session, hold.account_id, hold.key_id)
-    threshold = (config.wallet.get("low_balance_threshold") or 0) if config is not None else 0
-    if config is not None and charge and new_balance + charge >= threshold > new_balance:
-        try:  # crossing the threshold (rare): a savepoint, so a notice never undoes the charge
-            with session.begin_nested():
-                _notify_low_balance(session, config, hold.account_id, new_balance + charge,
-                                    new_balance)
-        except HushgateError as exc:
-            log.error("hushgate: low-balance notice not queued (%s)", type(exc).__name__)
+    if config is not None and charge:
+        notify_if_low(session, config, hold.account_id, new_balance + charge, new_balance)
     return charge
+
+
+def notify_if_low(session: Session, config: Config, account_id: str, before: int,
+                  after: int) -> None:
+    """Queue a low-balance notice if this charge crossed the threshold (rare: a savepoint,
+    so a notice can never undo the charge)."""
+    threshold = config.wallet.get("low_balance_threshold") or 0
+    if not (before >= threshold > after):
+        return
+    try:
+        with session.begin_nested():
+            _notify_low_balance(session, config, account_id, before, after)
+    except HushgateError as exc:
+        log.error("hushgate: low-balance notice not queued (%s)", type(exc).__name__)
 
 
 def _notify_low_balance(session: Session, config: Config, account_id: str, before: int,
@@ -335,9 +372,12 @@ def release(session: Session, hold_id: str) -> bool:
 
 def sweep_expired_holds(session: Session, hmac_key: bytes, now: datetime | None = None,
                         limit: int = 1000) -> int:
-    """Release holds past their expiry (a crashed proxy must not freeze funds)."""
+    """Release holds past their expiry that belong to no registered proxy (a crashed caller
+    must not freeze funds). Holds of a registered proxy are never released for their age,
+    only when its heartbeat stops (``control.core.instances.sweep_dead_instances``)."""
     now = now or utcnow()
-    ids = list(session.scalars(select(Hold.id).where(Hold.status == "open", Hold.expires_at < now)
+    ids = list(session.scalars(select(Hold.id).where(Hold.status == "open", Hold.expires_at < now,
+                                                     Hold.instance_id.is_(None))
                                .limit(limit)))
     released = sum(1 for hid in ids if release(session, hid))
     if released:

@@ -20,11 +20,11 @@ from control.core.errors import (
 from control.core.models import Hold, LedgerEntry
 
 
-def _assert_invariants(db, account_id):
+def _assert_invariants(db, account_id, debt=False):
     with db.read_transaction() as s:
         bal = wallet.get_balance(s, account_id)
         assert bal.balance == wallet.ledger_sum(s, account_id)
-        assert bal.available >= 0 and bal.held >= 0
+        assert (bal.available < 0) == debt and bal.held >= 0
         open_holds = sum(h.amount for h in s.scalars(
             select(Hold).where(Hold.account_id == account_id, Hold.status == "open")))
         assert bal.held == open_holds
@@ -79,16 +79,28 @@ def test_reserve_settle_release(uow, funded_account, db):
     assert (bal.balance, bal.held) == (8_500_000, 0)
 
 
-def test_settle_more_than_held_is_capped_at_available(uow, funded_account, db):
+def test_settle_more_than_held_is_charged_in_full_as_debt(uow, funded_account, db):
+    """Was: capped at the available balance (3,932,244 due, 10,000 charged)."""
     with db.transaction() as s:
         h = wallet.reserve(s, funded_account, 9_000_000)
         other = wallet.reserve(s, funded_account, 1_000_000)
     with db.transaction() as s:
-        assert wallet.settle(s, h.id, 50_000_000) == 9_000_000
-    bal = _assert_invariants(db, funded_account)
-    assert bal.available == 0 and bal.held == 1_000_000
+        assert wallet.settle(s, h.id, 50_000_000) == 50_000_000
+    bal = _assert_invariants(db, funded_account, debt=True)
+    assert bal.available == -41_000_000 and bal.held == 1_000_000
+    with pytest.raises(InsufficientFunds), db.transaction() as s:
+        wallet.reserve(s, funded_account, 0)  # an account in debt is refused
+    with db.read_transaction() as s:
+        debts = wallet.accounts_in_debt(s)
+    assert [(d.account_id, d.owed) for d in debts] == [(funded_account, 41_000_000)]
     with db.transaction() as s:
         wallet.release(s, other.id)
+    with uow() as ctx:
+        wallet.topup(ctx, funded_account, 40_000_001)
+    with db.transaction() as s:
+        wallet.release(s, wallet.reserve(s, funded_account, 1).id)
+    with db.read_transaction() as s:
+        assert wallet.accounts_in_debt(s) == []
 
 
 def test_key_budget(uow, funded_account, db):
@@ -99,9 +111,11 @@ def test_key_budget(uow, funded_account, db):
     with pytest.raises(BudgetExceeded), db.transaction() as s:
         wallet.reserve(s, funded_account, 201, key_id=key.key_id)
     with db.transaction() as s:
-        assert wallet.settle(s, h.id, 5_000) == 1_000  # capped by the key budget
+        assert wallet.settle(s, h.id, 5_000) == 5_000  # charged in full, never capped
     with pytest.raises(BudgetExceeded), db.transaction() as s:
         wallet.reserve(s, funded_account, 1, key_id=key.key_id)
+    with db.read_transaction() as s:
+        assert s.get(type(key), key.key_id).spent == 5_000
     _assert_invariants(db, funded_account)
 
 
