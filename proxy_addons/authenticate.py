@@ -3,7 +3,7 @@
 The key is checked by ``control.core.keys.KeyAuthenticator`` (bcrypt once, then an
 in-memory cache keyed by an HMAC of the key; revocations polled from the database) on a
 worker thread. Requests per minute are limited here (per process, or shared by every proxy
-through Redis: ``proxy_addons.limits``); the key's other scopes are checked by the steps that
+through Redis: ``proxy_addons.limits``); the key's other scopes are checked by the stages that
 know the model and the cost.
 
 Concurrent requests with the same key share one check (single flight): when the key is not

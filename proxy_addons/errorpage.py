@@ -2,7 +2,7 @@
 
 mitmproxy answers some protocol errors by itself, with no hook able to change the answer:
 an unreachable provider (502), an upstream connection closed before any response — which is
-how the forward step's timeout ends a request — (502), a chunked request body over
+how the forward stage's watchdog ends a request — (502), a chunked request body over
 ``body_size_limit`` (413), a malformed request line or header block (400). ``Http1Server``
 then sends ``mitmproxy.proxy.layers.http._http1.make_error_response(status, message)``: an
 HTML page with ``Server: mitmproxy`` whose message can quote raw request or upstream bytes.
@@ -11,7 +11,7 @@ flow holds), and there is no documented option or hook for it in mitmproxy 12.
 
 So hushgate replaces that one module-level function (``Http1Server`` looks it up by name at
 call time) with :func:`error_response_bytes`, installed by :func:`install` — called by
-``ProxyServer`` before mitmproxy starts, and again (idempotently) when the pipeline loads.
+``ProxyServer`` before mitmproxy starts, and again (idempotently) when the Gateway loads.
 The answer is ``Content-Type: application/json`` with the body of
 :func:`proxy_addons.wire.proxy_error_body`, a generic message per error code, no
 ``Server`` header, ``Connection: close``, and never mitmproxy's message.

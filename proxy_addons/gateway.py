@@ -62,6 +62,9 @@ class Gateway:
         self.stream_idle_timeout = proxy["stream_idle_timeout_ms"] / 1000
         self.max_request_seconds = float(proxy["max_request_seconds"])
 
+    def load(self, _loader: object) -> None:
+        errorpage.install()  # mitmproxy's own error answers in hushgate's wire formats
+
     # -- the request's life ---------------------------------------------------------------
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:

@@ -1,7 +1,7 @@
 """Admission, part 2 — route: parse the body, find the model in the catalog, check the key's scope.
 
 Also answers ``GET /v1/models`` from the catalog, filtered by the key's allowed models.
-The parsed body lives only inside this step; what goes on is the rewritten upstream body
+The parsed body lives only inside this stage; what goes on is the rewritten upstream body
 (``model`` replaced by the provider's name, ``stream_options.include_usage`` injected for
 OpenAI streams) and a few numbers.
 """

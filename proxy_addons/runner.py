@@ -1,4 +1,4 @@
-"""Run the hushgate proxy: a mitmproxy ``DumpMaster`` in reverse mode with the pipeline.
+"""Run the hushgate proxy: a mitmproxy ``DumpMaster`` in reverse mode with the Gateway.
 
 ``ProxyServer(config).start()`` runs it on a background thread with its own event loop
 (tests, benchmarks and ``hushgate up``); ``stop()`` shuts mitmproxy down and flushes the

@@ -69,7 +69,7 @@ _GUARDS: dict[str, Any] = {
 
 
 def unsafe_options(values: dict[str, Any]) -> list[str]:
-    """Names of options whose value would leak content or bypass the pipeline."""
+    """Names of options whose value would leak content or bypass the Gateway."""
     return sorted(n for n, ok in _GUARDS.items() if n in values and not ok(values[n]))
 
 

@@ -129,7 +129,7 @@ PROXY_ERRORS: dict[str, tuple[str, str]] = {
     "request_timeout": ("timeout_error", "the request ran longer than this gateway allows"),
     "internal_error": ("api_error", "hushgate could not complete this request"),
 }
-#: The hushgate error code of a status mitmproxy chose, when the pipeline did not decide.
+#: The hushgate error code of a status mitmproxy chose, when the Gateway did not decide.
 _PROXY_ERROR_CODES = {400: "invalid_request", 413: "request_too_large",
                       502: "upstream_unreachable", 504: "upstream_timeout"}
 

@@ -7,7 +7,7 @@ amount written into the record; records are then inserted in batches of
 optional JSON-lines sink. ``close()`` flushes everything (graceful shutdown).
 
 On SQLite every write transaction takes the process's write lock (see
-``proxy_addons.services.write_lock_for``), shared with the reserve step. (Settling chunks
+``proxy_addons.services.write_lock_for``), shared with the reserve stage. (Settling chunks
 of 1, 4 or 16 outcomes per transaction, each in a savepoint, with their records inserted in
 the same transaction, was measured and was slower than this: keep the settlements short
 and the record insert batched.)
