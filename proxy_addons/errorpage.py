@@ -39,7 +39,7 @@ import logging
 from mitmproxy import http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
-from mitmproxy.proxy import commands
+from mitmproxy.proxy import commands, layer
 from mitmproxy.proxy.layers.http import _events, _http1
 
 from proxy_addons.wire import proxy_error_body
@@ -85,17 +85,24 @@ def error_response_bytes(status_code: int, message: str = "") -> bytes:
 _original_send = _http1.Http1Server.send
 
 
-def _send(self: _http1.Http1Server, event: _events.HttpEvent):  # noqa: ANN202 - generator
-    """``Http1Server.send``, plus a clean end for a stream cut after its headers."""
+def _send(self: _http1.Http1Server, event: _events.HttpEvent) -> layer.CommandGenerator[None]:
+    """``Http1Server.send``, plus a clean end for a stream cut after its headers. Returns the
+    original generator for every other event (no extra generator frame per event)."""
     if (isinstance(event, _events.ResponseProtocolError) and self.response is not None
             and self.conn.state & ConnectionState.CAN_WRITE):
-        decided = _DECIDED.get()
-        _DECIDED.set(None)
-        tail = decided[4] if decided is not None else None
-        if tail:
-            chunked = "chunked" in self.response.headers.get("transfer-encoding", "").lower()
-            data = b"%x\r\n%s\r\n0\r\n\r\n" % (len(tail), tail) if chunked else tail
-            yield commands.SendData(self.conn, data)
+        return _end_stream(self, event)
+    return _original_send(self, event)
+
+
+def _end_stream(self: _http1.Http1Server, event: _events.HttpEvent
+                ) -> layer.CommandGenerator[None]:
+    decided = _DECIDED.get()
+    _DECIDED.set(None)
+    tail = decided[4] if decided is not None else None
+    if tail and self.response is not None:
+        chunked = "chunked" in self.response.headers.get("transfer-encoding", "").lower()
+        data = b"%x\r\n%s\r\n0\r\n\r\n" % (len(tail), tail) if chunked else tail
+        yield commands.SendData(self.conn, data)
     yield from _original_send(self, event)
 
 
