@@ -15,7 +15,8 @@ nothing.
 Columns: concurrency 1 latency p50/p99 (ms) and added p50 over the previous row; time to the
 first body byte p50 (ms); requests/s at concurrency 32 (median of the rounds, targets taken
 in turn in each round); that figure as a ratio of bare mitmdump's; CPU time the server
-process spent per request at concurrency 32 (steadier than req/s on a busy machine).
+process spent per request at concurrency 32 (utime + stime from /proc/<pid>/stat; steadier
+than req/s on a busy machine), and that figure as a ratio of bare mitmdump's.
 """
 
 from __future__ import annotations
@@ -182,7 +183,8 @@ def rounds_throughput(targets: dict[str, tuple[int, str, str]], servers: dict[st
                       n: int, stream: bool, rounds: int
                       ) -> tuple[dict[str, float], dict[str, float]]:
     """Median req/s per target and the server's CPU ms per request (the proxy's own
-    process; the simulator's for ``direct``); each round visits every target once, in a
+    process; the simulator's for ``direct``, from /proc/<pid>/stat utime + stime over the
+    round); each round visits every target once, in a
     rotated order."""
     got: dict[str, list[float]] = {name: [] for name in targets}
     cpu: dict[str, list[float]] = {name: [] for name in targets}
@@ -264,7 +266,8 @@ def main() -> None:
         print(f"{os.cpu_count()} CPUs; hushgate on {args.backend}; "
               f"{args.seq} sequential rounds, {args.rounds} x {args.conc_requests} @32")
         print(f"{'':10} {'mode':7} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} "
-              f"{'ttfb p50':>9} {'req/s@32':>9} {'vs mitmdump':>12} {'cpu ms/req':>11}")
+              f"{'ttfb p50':>9} {'req/s@32':>9} {'vs mitmdump':>12} {'cpu ms/req':>11} "
+              f"{'cpu vs mitmdump':>16}")
         modes = (False, True) if args.only is None else (args.only == "stream",)
         for stream in modes:
             lat, ttfb = sequential(targets, args.seq, stream)
@@ -277,7 +280,7 @@ def main() -> None:
                 print(f"{name:10} {'stream' if stream else 'json':7} {p50:8.2f} "
                       f"{pct(lat[name], 0.99):8.2f} {added:>8} {pct(ttfb[name], 0.5):9.2f} "
                       f"{rps[name]:9.0f} {rps[name] / rps['mitmdump']:11.2f}x "
-                      f"{cpu[name]:11.2f}")
+                      f"{cpu[name]:11.2f} {cpu[name] / cpu['mitmdump']:15.2f}x")
                 prev = p50
         if args.rss:
             before = hushgate.rss_mb()

@@ -1,6 +1,6 @@
-"""hushgate's data path: mitmproxy addons that authenticate, route, reserve, forward,
-stream/meter, settle, record and scrub — metadata only, never content.
-
-``proxy_addons.pipeline.build_pipeline`` is the ordered list of addons;
-``proxy_addons.runner.ProxyServer`` runs them in an in-process ``DumpMaster``.
+"""hushgate's data path: one mitmproxy addon, :class:`proxy_addons.gateway.Gateway`, whose
+hooks carry each request through small stages (intake → admit (authenticate, route,
+reserve) → forward → meter → price → record), beside :class:`proxy_addons.safety.Safety`.
+Metadata only, never content. ``proxy_addons.runner.ProxyServer`` runs them in an
+in-process ``DumpMaster``.
 """

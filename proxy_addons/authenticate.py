@@ -1,9 +1,9 @@
-"""Step 1 — authenticate: the hushgate key from ``Authorization: Bearer`` or ``x-api-key``.
+"""Admission, part 1 — authenticate: the key from ``Authorization: Bearer`` or ``x-api-key``.
 
 The key is checked by ``control.core.keys.KeyAuthenticator`` (bcrypt once, then an
 in-memory cache keyed by an HMAC of the key; revocations polled from the database) on a
 worker thread. Requests per minute are limited here (per process, or shared by every proxy
-through Redis: ``proxy_addons.limits``); the key's other scopes are checked by the steps that
+through Redis: ``proxy_addons.limits``); the key's other scopes are checked by the stages that
 know the model and the cost.
 
 Concurrent requests with the same key share one check (single flight): when the key is not
@@ -23,7 +23,7 @@ from control.core import keys
 from control.core.errors import AccountInactive, InvalidKey, KeyExpired, KeyRevoked
 from control.core.keys import KeyPrincipal
 from proxy_addons.services import Services
-from proxy_addons.state import FlowState, Refusal, request_step
+from proxy_addons.state import FlowState, Refusal
 
 
 def extract_key(headers: http.Headers) -> str | None:
@@ -48,12 +48,14 @@ def refusal_for_key_error(exc: InvalidKey) -> Refusal:
     return Refusal(401, "invalid_api_key", "invalid API key")
 
 
-class Authenticate:
+class Authenticator:
+    """The key check of the request phase, with single flight per key fingerprint."""
+
     def __init__(self, services: Services) -> None:
         self.services = services
         self._in_flight: dict[bytes, asyncio.Future[KeyPrincipal]] = {}
 
-    async def _authenticate(self, raw: str) -> KeyPrincipal:
+    async def _check(self, raw: str) -> KeyPrincipal:
         """The authenticator's answer for ``raw``, shared by concurrent identical keys."""
         fingerprint = self.services.authenticator.fingerprint(raw)
         future = self._in_flight.get(fingerprint)
@@ -64,9 +66,9 @@ class Authenticate:
             future.add_done_callback(lambda _: self._in_flight.pop(fingerprint, None))
         return await asyncio.shield(future)
 
-    @request_step
-    async def request(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        raw = extract_key(flow.request.headers)
+    async def authenticate(self, headers: http.Headers, state: FlowState) -> KeyPrincipal:
+        """The key's principal (RPM counted), or a Refusal (401/429)."""
+        raw = extract_key(headers)
         if raw is None:
             raise Refusal(401, "missing_api_key",
                           "no API key: send it as 'Authorization: Bearer <key>' or 'x-api-key'")
@@ -75,7 +77,7 @@ class Authenticate:
         except InvalidKey as exc:
             raise refusal_for_key_error(exc) from None
         try:
-            principal = await self._authenticate(raw)
+            principal = await self._check(raw)
         except InvalidKey as exc:
             if isinstance(exc, KeyExpired | KeyRevoked | AccountInactive):
                 state.key_id = parsed.key_id  # the key exists: its id is safe metadata
@@ -90,4 +92,4 @@ class Authenticate:
             if wait is not None:
                 raise Refusal(429, "rate_limited", "this API key's requests-per-minute limit "
                               "is reached", retry_after=wait)
-        state.authenticated = True
+        return principal

@@ -172,7 +172,7 @@ class RedisLink:
     password)."""
 
     def __init__(self, url: str, *, timeout: float = REDIS_TIMEOUT_SECONDS,
-                 retry_seconds: float = REDIS_RETRY_SECONDS) -> None:
+                 retry_seconds: float = REDIS_RETRY_SECONDS, observer: Any = None) -> None:
         import redis  # imported only when shared limits are configured (~250 ms)
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -183,6 +183,7 @@ class RedisLink:
         self._script = self._client.register_script(WINDOW_SCRIPT)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self.retry_seconds = retry_seconds
+        self.observer = observer  # proxy_addons.observer: told of every failed call
         self._lock = threading.Lock()
         self._down = False
         self._probe_at = 0.0
@@ -203,6 +204,10 @@ class RedisLink:
         try:
             answer = fn()
         except self._errors as exc:
+            if self.observer is not None:
+                from proxy_addons.observer import call
+
+                call(self.observer, "redis_error")
             self._failed(exc)
             return None
         if probe:  # only a probe ends an outage, so a flapping Redis can't spam warnings

@@ -1,4 +1,4 @@
-"""Step 7 — record: exactly one metadata record per request, handed to the writer.
+"""Record: exactly one metadata record per request, handed to the writer.
 
 The record has exactly the fields of ``schemas/request-record.schema.json``: numbers, names
 from the catalog, hushgate error codes. Never a body, a header, a prompt, a key (only the
@@ -10,11 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from mitmproxy import http
-
-from proxy_addons.services import Services
-from proxy_addons.state import FlowState, get_state
-from proxy_addons.writer import Outcome
+from proxy_addons.state import FlowState
 
 
 def _ms(start: float | None, end: float | None) -> int | None:
@@ -53,26 +49,33 @@ def build_record(state: FlowState) -> dict[str, Any]:
     }
 
 
-class Record:
-    def __init__(self, services: Services) -> None:
-        self.services = services
+def minimal_record(state: FlowState) -> dict[str, Any]:
+    """The record when :func:`build_record` failed: the same fields, each read defensively,
+    marked ``internal_error`` (a request is never left without a record)."""
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        self._finish(flow)
+    def get(name: str, kind: type, default: Any) -> Any:
+        value = getattr(state, name, default)
+        return value if isinstance(value, kind) and not isinstance(value, bool) or (
+            kind is bool and isinstance(value, bool)) else default
 
-    def error(self, flow: http.HTTPFlow) -> None:
-        self._finish(flow)
-
-    def _finish(self, flow: http.HTTPFlow) -> None:
-        state = get_state(flow)
-        if state is None or state.finished:
-            return
-        state.finished = True
-        self.services.in_flight -= 1
-        record = build_record(state)
-        self.services.writer.submit(Outcome(record=record, hold_id=state.hold_id,
-                                            charge=state.cost, estimated=state.estimated))
-        if state.principal is not None and state.principal.tpm_limit is not None:
-            extra = state.usage.output_tokens + max(
-                0, state.usage.input_tokens - state.input_estimate)
-            self.services.count(self.services.tpm, state.principal.key_id, extra)
+    model = getattr(state, "model", None)
+    return {
+        "time": state.time.isoformat() if hasattr(state.time, "isoformat") else "",
+        "request_id": get("request_id", str, "unknown"),
+        "account_id": get("account_id", str, None),
+        "key_id": get("key_id", str, None),
+        "endpoint": get("endpoint", str, "other"),
+        "method": get("method", str, "") or "GET",
+        "provider": getattr(getattr(model, "provider", None), "name", None),
+        "model": getattr(model, "name", None),
+        "stream": get("stream", bool, False),
+        "status": max(0, min(599, get("status", int, 0))),
+        "error_type": "internal_error",
+        "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0,
+        "estimated": True,
+        "cost": get("cost", int, 0),
+        "latency_ms": 0, "ttfb_ms": None, "upstream_ms": None,
+        "request_bytes": get("request_bytes", int, 0),
+        "response_bytes": get("response_bytes", int, 0),
+        "client_ip": None, "user_agent": None,
+    }

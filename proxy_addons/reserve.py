@@ -1,67 +1,82 @@
-"""Step 3 — reserve: hold the worst-case cost before anything is forwarded.
+"""Admission, part 3 — reserve: hold the worst-case cost before anything is forwarded.
 
-Worst case = input estimated from the body size (``ceil(bytes / 3)`` tokens: generous, JSON
-framing counts too) at the input price + the request's output limit (capped by the model's
-``max_output_tokens``) at the output price. The hold is taken atomically by
+Worst case (:func:`proxy_addons.pricing.worst_case_cost`): the input estimate for the hold
+(:func:`~proxy_addons.pricing.hold_input_tokens`) at the input price + the request's output
+limit (capped by the model's ``max_output_tokens``) for each requested generation (``n`` /
+``best_of``) at the output price. The hold is taken atomically by
 ``control.core.wallet.reserve`` in its own transaction on a worker thread: 402 if the wallet
-(``insufficient_funds``) or the key's budget (``budget_exceeded``) can't cover it. The
-per-key tokens-per-minute limit is checked here too (429 with ``Retry-After``).
+(``insufficient_funds``, with the amount needed and the balance available) or the key's
+budget (``budget_exceeded``) can't cover it. The per-key tokens-per-minute limit is checked
+here too (429 with ``Retry-After``).
 """
 
 from __future__ import annotations
 
-from mitmproxy import http
+from dataclasses import dataclass
 
 from control.core import wallet
-from control.core.config import Prices
 from control.core.errors import BudgetExceeded, InsufficientFunds
-from control.core.money import cost_of
+from control.core.keys import KeyPrincipal
+from proxy_addons.pricing import hold_input_tokens, worst_case_cost
+from proxy_addons.route import RoutedRequest
 from proxy_addons.services import Services
-from proxy_addons.state import FlowState, Refusal, request_step
+from proxy_addons.state import Refusal
 
 
-def input_estimate(request_bytes: int) -> int:
-    """Worst-case input tokens for the hold: one token per 3 bytes of body, at least 1."""
-    return max(1, -(-request_bytes // 3))
+@dataclass(frozen=True, slots=True)
+class Hold:
+    id: str
+    amount: int
+    input_tokens: int
 
 
-def worst_case_cost(prices: Prices, input_tokens: int, output_tokens: int) -> int:
-    return cost_of(input_tokens, prices.input) + cost_of(output_tokens, prices.output)
+class _Short(Exception):  # noqa: N818 - carries the available balance out of the thread
+    def __init__(self, available: int) -> None:
+        self.available = available
 
 
-class Reserve:
-    def __init__(self, services: Services) -> None:
-        self.services = services
+def insufficient_funds(services: Services, needed: int, available: int) -> Refusal:
+    """402 with the numbers a client can act on, in the configured currency."""
+    scale = int(services.config.wallet["minor_unit_scale"])
+    currency = services.config.wallet["currency"]
+    return Refusal(
+        402, "insufficient_funds",
+        f"insufficient balance: this request's worst-case cost is held before forwarding "
+        f"({needed / scale:g} {currency} needed, {max(0, available) / scale:g} {currency} "
+        "available); a smaller max_tokens lowers the amount held",
+        details={"needed": needed / scale, "available": max(0, available) / scale,
+                 "currency": currency})
 
-    @request_step
-    async def request(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        if not (state.authenticated and state.routed) or state.model is None:
-            return  # the gate refuses it
-        principal = state.principal
-        assert principal is not None
-        state.input_estimate = input_estimate(state.request_bytes)
-        if principal.tpm_limit is not None:
-            wait = await self.services.acquire(self.services.tpm, principal.key_id,
-                                               principal.tpm_limit, state.input_estimate)
-            if wait is not None:
-                raise Refusal(429, "rate_limited", "this API key's tokens-per-minute limit "
-                              "is reached", retry_after=wait)
-        amount = worst_case_cost(state.model.prices, state.input_estimate,
-                                 state.max_output_tokens)
+
+async def reserve(services: Services, principal: KeyPrincipal, routed: RoutedRequest,
+                  request_bytes: int, request_id: str) -> Hold:
+    """Count the TPM limit and hold the worst case; raises Refusal (402/429)."""
+    input_tokens = hold_input_tokens(request_bytes)
+    if principal.tpm_limit is not None:
+        wait = await services.acquire(services.tpm, principal.key_id, principal.tpm_limit,
+                                      input_tokens)
+        if wait is not None:
+            raise Refusal(429, "rate_limited", "this API key's tokens-per-minute limit "
+                          "is reached", retry_after=wait)
+    amount = worst_case_cost(routed.model.prices, input_tokens, routed.max_output_tokens,
+                             routed.choices)
+
+    def take() -> str:
         try:
-            state.hold_id = await self.services.blocking(
-                self._reserve, principal.account_id, amount, principal.key_id, state.request_id)
+            with services.write_transaction() as session:
+                return wallet.reserve(session, principal.account_id, amount,
+                                      key_id=principal.key_id, request_id=request_id,
+                                      ttl_seconds=services.config.wallet["hold_ttl_seconds"]
+                                      ).id
         except InsufficientFunds:
-            raise Refusal(402, "insufficient_funds", "insufficient balance for this request "
-                          "(its worst-case cost is held before forwarding)") from None
-        except BudgetExceeded:
-            raise Refusal(402, "budget_exceeded", "this API key's budget is exhausted") from None
-        state.hold_amount = amount
-        state.reserved = True
+            with services.db.read_transaction() as session:
+                raise _Short(wallet.get_balance(session, principal.account_id).available) \
+                    from None
 
-    def _reserve(self, account_id: str, amount: int, key_id: str, request_id: str) -> str:
-        with self.services.write_transaction() as session:
-            hold = wallet.reserve(session, account_id, amount, key_id=key_id,
-                                  request_id=request_id,
-                                  ttl_seconds=self.services.config.wallet["hold_ttl_seconds"])
-            return hold.id
+    try:
+        hold_id = await services.blocking(take)
+    except _Short as short:
+        raise insufficient_funds(services, amount, short.available) from None
+    except BudgetExceeded:
+        raise Refusal(402, "budget_exceeded", "this API key's budget is exhausted") from None
+    return Hold(hold_id, amount, input_tokens)

@@ -1,7 +1,7 @@
-"""Step 2 — route: parse the body, find the model in the catalog, check the key's scope.
+"""Admission, part 2 — route: parse the body, find the model in the catalog, check the key's scope.
 
 Also answers ``GET /v1/models`` from the catalog, filtered by the key's allowed models.
-The parsed body lives only inside this step; what goes on is the rewritten upstream body
+The parsed body lives only inside this stage; what goes on is the rewritten upstream body
 (``model`` replaced by the provider's name, ``stream_options.include_usage`` injected for
 OpenAI streams) and a few numbers.
 """
@@ -12,13 +12,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from mitmproxy import http
-
 from control.core.config import Config, Model
 from control.core.keys import KeyPrincipal
-from proxy_addons.services import Services
-from proxy_addons.state import FlowState, Refusal, request_step
-from proxy_addons.wire import json_response
+from proxy_addons.state import Refusal
 
 #: Where each endpoint's requested output limit lives in the body.
 _MAX_TOKEN_FIELDS = {
@@ -29,6 +25,8 @@ _MAX_TOKEN_FIELDS = {
     "embeddings": (),
 }
 _USAGE_INJECTED = frozenset({"chat.completions", "completions"})
+#: Fields asking for several generations, each billed for its output (OpenAI).
+_CHOICE_FIELDS = {"chat.completions": ("n",), "completions": ("n", "best_of")}
 
 
 @dataclass(frozen=True)
@@ -38,6 +36,7 @@ class RoutedRequest:
     client_wants_usage: bool
     max_output_tokens: int
     upstream_body: bytes
+    choices: int = 1  # generations billed: max(n, best_of)
 
 
 def parse_body(raw: bytes | None) -> dict[str, Any]:
@@ -70,6 +69,20 @@ def requested_output_tokens(endpoint: str, body: dict[str, Any], model: Model) -
     return model.max_output_tokens
 
 
+def requested_choices(endpoint: str, body: dict[str, Any]) -> int:
+    """How many generations the request asks for (``n`` / ``best_of``), at least 1."""
+    choices = 1
+    for name in _CHOICE_FIELDS.get(endpoint, ()):
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise Refusal(400, "invalid_request", f"{name} must be a positive integer",
+                          param=name)
+        choices = max(choices, value)
+    return choices
+
+
 def route(config: Config, endpoint: str, api_format: str, raw: bytes | None,
           principal: KeyPrincipal | None) -> RoutedRequest:
     """Decide where a request goes and what is sent. Pure; raises Refusal."""
@@ -81,7 +94,9 @@ def route(config: Config, endpoint: str, api_format: str, raw: bytes | None,
     if (model is None or model.provider.api_format != api_format
             or endpoint not in model.endpoints):
         raise Refusal(404, "model_not_found",
-                      "the model does not exist or is not available on this endpoint")
+                      f"the model {name[:100]!r} does not exist or is not available on this "
+                      "endpoint; GET /v1/models lists the models this key can use",
+                      param="model")
     if principal is not None and not principal.allows_model(name):
         raise Refusal(403, "model_not_allowed", "this API key may not use this model")
     stream = body.get("stream") is True
@@ -98,10 +113,11 @@ def route(config: Config, endpoint: str, api_format: str, raw: bytes | None,
             body["stream_options"] = {**(opts or {}), "include_usage": True}
             changed = True
     out_tokens = requested_output_tokens(endpoint, body, model)
+    choices = requested_choices(endpoint, body)
     body["model"] = model.upstream_model
     upstream = json.dumps(body, ensure_ascii=False).encode() if changed else raw
     assert upstream is not None
-    return RoutedRequest(model, stream, wants_usage, out_tokens, upstream)
+    return RoutedRequest(model, stream, wants_usage, out_tokens, upstream, choices)
 
 
 def models_list(config: Config, principal: KeyPrincipal, api_format: str) -> dict[str, Any]:
@@ -116,30 +132,3 @@ def models_list(config: Config, principal: KeyPrincipal, api_format: str) -> dic
     data = [{"id": n, "object": "model", "created": 0,
              "owned_by": config.models[n].provider.name} for n in names]
     return {"object": "list", "data": data}
-
-
-class Route:
-    def __init__(self, services: Services) -> None:
-        self.services = services
-
-    @request_step
-    def request(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        if not state.authenticated or state.principal is None:
-            return  # the gate refuses it
-        config = self.services.config
-        if state.endpoint == "models":
-            body = models_list(config, state.principal, state.api_format)
-            flow.response = json_response(200, body, request_id=state.request_id)
-            state.status = 200
-            return
-        if flow.request.headers.get("content-encoding", "identity").lower() != "identity":
-            raise Refusal(400, "invalid_request", "compressed request bodies are not supported")
-        raw = flow.request.raw_content
-        state.request_bytes = len(raw or b"")
-        routed = route(config, state.endpoint, state.api_format, raw, state.principal)
-        state.model = routed.model
-        state.stream = routed.stream
-        state.client_wants_usage = routed.client_wants_usage
-        state.max_output_tokens = routed.max_output_tokens
-        state.upstream_body = routed.upstream_body
-        state.routed = True

@@ -1,4 +1,4 @@
-"""Run the hushgate proxy: a mitmproxy ``DumpMaster`` in reverse mode with the pipeline.
+"""Run the hushgate proxy: a mitmproxy ``DumpMaster`` in reverse mode with the Gateway.
 
 ``ProxyServer(config).start()`` runs it on a background thread with its own event loop
 (tests, benchmarks and ``hushgate up``); ``stop()`` shuts mitmproxy down and flushes the
@@ -34,13 +34,27 @@ from control.core.db import Database
 from control.core.errors import ConfigError
 from control.core.net import is_loopback
 from proxy_addons import errorpage
-from proxy_addons.pipeline import build_pipeline
-from proxy_addons.safety import SAFE_OPTIONS, install_logging
+from proxy_addons.gateway import Gateway
+from proxy_addons.safety import SAFE_OPTIONS, Safety, install_logging
 from proxy_addons.services import Services, build_services
 
-#: The reverse-mode target mitmproxy needs; every forwarded flow is re-pointed by the
-#: forward step, so nothing is ever sent here (port 9 is "discard", refused on loopback).
+#: The reverse-mode target mitmproxy needs (a reverse listener must name one); every
+#: forwarded flow is re-pointed by the forward stage, so nothing is ever sent here (port 9
+#: is "discard", refused on loopback).
 PLACEHOLDER_UPSTREAM = "http://127.0.0.1:9"
+
+#: Variables that make mitmproxy (or OpenSSL users) write TLS session secrets to a file.
+KEYLOG_VARIABLES = ("MITMPROXY_SSLKEYLOGFILE", "SSLKEYLOGFILE")
+
+
+def refuse_key_logging(environ: dict[str, str] | None = None) -> None:
+    """Refuse to start when TLS session secrets would be written to a file: with a packet
+    capture they expose every key and prompt."""
+    env = os.environ if environ is None else environ
+    for name in KEYLOG_VARIABLES:
+        if env.get(name):
+            raise ConfigError(f"refusing to start: {name} is set, which would write TLS "
+                              "session secrets to a file; unset it")
 
 
 def _private_file(path: Path, data: bytes) -> Path:
@@ -54,6 +68,7 @@ def _private_file(path: Path, data: bytes) -> Path:
 def mitmproxy_options(config: Config, *, listen_host: str | None = None,
                       listen_port: int | None = None) -> dict[str, Any]:
     """All mitmproxy options hushgate runs with (safe defaults + listener + limits)."""
+    refuse_key_logging()
     proxy = config.proxy
     host = listen_host if listen_host is not None else proxy["listen_host"]
     port = listen_port if listen_port is not None else proxy["listen_port"]
@@ -71,9 +86,10 @@ def mitmproxy_options(config: Config, *, listen_host: str | None = None,
         "listen_port": port,
         "confdir": str(confdir),
         "body_size_limit": str(proxy["max_request_bytes"]),
-        # Idle connections close after the upstream timeout (+ margin for the forward
-        # step's own watchdog, which answers first).
-        "tcp_timeout": math.ceil(proxy["upstream_timeout_ms"] / 1000) + 5,
+        # Idle connections close after the longest provider deadline (+ a margin for the
+        # forward stage's watchdog, which answers first).
+        "tcp_timeout": math.ceil(max(proxy["upstream_timeout_ms"],
+                                     proxy["stream_idle_timeout_ms"]) / 1000) + 5,
     })
     if tls.get("cert_file") and tls.get("key_file"):
         try:
@@ -117,9 +133,12 @@ class ProxyServer:
 
     def __init__(self, config: Config, db: Database | None = None, *,
                  listen_host: str | None = None, listen_port: int | None = None,
-                 log: bool = True) -> None:
+                 log: bool = True, observer: Any = None) -> None:
         self.config = config
         self._db = db
+        # The metrics seam: an object with proxy_addons.observer.NullObserver's methods
+        # (and optionally render() for GET /metrics). None: the NullObserver.
+        self.observer = observer
         self._opts = mitmproxy_options(config, listen_host=listen_host,
                                        listen_port=listen_port)
         self._log = log
@@ -140,7 +159,7 @@ class ProxyServer:
         if self._log:
             install_logging()
         errorpage.install()  # mitmproxy's own error answers become hushgate JSON
-        self.services = build_services(self.config, self._db)
+        self.services = build_services(self.config, self._db, observer=self.observer)
         self.services.writer.start()
         self._thread = threading.Thread(target=self._run, name="hushgate-proxy", daemon=True)
         self._thread.start()
@@ -165,7 +184,8 @@ class ProxyServer:
         opts = options.Options()
         master = DumpMaster(opts, with_termlog=False, with_dumper=False)
         opts.update(**{k: v for k, v in self._opts.items() if k in opts})
-        master.addons.add(*build_pipeline(self.services), _Ready(self))
+        tls = bool(self._opts.get("certs"))
+        master.addons.add(Safety(tls=tls), Gateway(self.services), _Ready(self))
         self._master, self._loop = master, asyncio.get_running_loop()
         try:
             await master.run()

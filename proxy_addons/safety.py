@@ -3,9 +3,11 @@
 DESIGN.md lists what leaks by default: ``flow_detail >= 1`` prints raw upstream bytes,
 ``termlog_verbosity=info`` prints request headers, ``save_stream_file``/``hardump`` write
 bodies, ``store_streamed_bodies`` keeps them, eager connections contact providers before
-authentication. :data:`SAFE_OPTIONS` are applied at start; :class:`Safety` (first in the
-pipeline) raises ``OptionsError`` if anything later turns a leaking option on, so a user
-can't enable body logging by accident.
+authentication. :data:`SAFE_OPTIONS` are applied at start; :class:`Safety` (loaded before
+the Gateway) raises ``OptionsError`` if anything later turns a leaking option on, so a user
+can't enable body logging by accident. On a listener without a configured certificate it
+also refuses TLS: mitmproxy would otherwise answer a ClientHello with a certificate minted
+by its auto-generated CA.
 
 mitmproxy's own log lines can quote raw bytes after a colon (``Bad HTTP request line:
 b'...'``, ``unexpected server response: b'...'``): :class:`RedactingFilter` keeps only the
@@ -18,6 +20,7 @@ import logging
 from typing import Any
 
 from mitmproxy import ctx, exceptions
+from mitmproxy.proxy import commands, events, layer, layers
 
 #: Options hushgate always sets (the proxy's listen address, mode, TLS are added by runner).
 SAFE_OPTIONS: dict[str, Any] = {
@@ -66,11 +69,26 @@ _GUARDS: dict[str, Any] = {
 
 
 def unsafe_options(values: dict[str, Any]) -> list[str]:
-    """Names of options whose value would leak content or bypass the pipeline."""
+    """Names of options whose value would leak content or bypass the Gateway."""
     return sorted(n for n, ok in _GUARDS.items() if n in values and not ok(values[n]))
 
 
+class _Refuse(layer.Layer):
+    """Closes the client connection (TLS offered to a plain-HTTP listener)."""
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start):
+            yield commands.CloseConnection(self.context.client)
+
+
 class Safety:
+    def __init__(self, *, tls: bool = True) -> None:
+        self.tls = tls  # the listener has a configured certificate
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        if not self.tls and isinstance(nextlayer.layer, layers.ClientTLSLayer):
+            nextlayer.layer = _Refuse(nextlayer.context)
+
     def configure(self, updated: set[str]) -> None:
         values = {name: getattr(ctx.options, name) for name in updated
                   if name in _GUARDS and hasattr(ctx.options, name)}

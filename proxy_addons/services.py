@@ -1,4 +1,4 @@
-"""What the pipeline's steps share: configuration, database, authenticator, limits, writer.
+"""What the Gateway's stages share: configuration, database, authenticator, limits, writer.
 
 Built once per proxy process by :func:`build_services`; nothing happens at import time.
 Blocking work (bcrypt, database, the shared rate limits' Redis round trips) runs on
@@ -44,6 +44,8 @@ class Services:
     write_lock: contextlib.AbstractContextManager[Any] = field(
         default_factory=contextlib.nullcontext)
     in_flight: int = 0  # flows with state and no record yet (event-loop thread only)
+    holds: int = 0  # of which holding funds (event-loop thread only)
+    observer: Any = None  # see proxy_addons.observer (NullObserver by default)
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work (bcrypt, SQL) off the event loop."""
@@ -120,17 +122,22 @@ def write_lock_for(db: Database) -> contextlib.AbstractContextManager[Any]:
     return threading.Lock() if db.dialect == "sqlite" else contextlib.nullcontext()
 
 
-def rate_windows(redis_url: str | None) -> tuple[RateWindow, RateWindow, RedisLink | None]:
+def rate_windows(redis_url: str | None, observer: Any = None
+                 ) -> tuple[RateWindow, RateWindow, RedisLink | None]:
     """The RPM and TPM windows: shared by every proxy through Redis if ``auth.redis_url``."""
     if not redis_url:
         return SlidingWindow(), SlidingWindow(), None
-    link = RedisLink(redis_url)
+    link = RedisLink(redis_url, observer=observer)
     link.check()  # a bad URL or password is reported at start, not at the first request
     return RedisWindow(link, "rpm"), RedisWindow(link, "tpm"), link
 
 
-def build_services(config: Config, db: Database | None = None) -> Services:
-    """Everything the pipeline needs, from the configuration."""
+def build_services(config: Config, db: Database | None = None,
+                   observer: Any = None) -> Services:
+    """Everything the Gateway needs, from the configuration."""
+    from proxy_addons.observer import NullObserver
+
+    observer = observer if observer is not None else NullObserver()
     owns = db is None
     db = db or Database.from_config(config)
     auth = config.auth
@@ -141,9 +148,9 @@ def build_services(config: Config, db: Database | None = None) -> Services:
     lock = write_lock_for(db)
     writer = RecordWriter(db, batch_size=proxy["record_batch_size"],
                           flush_ms=proxy["record_flush_ms"], jsonl_path=proxy["records_jsonl"],
-                          write_lock=lock, config=config)
+                          write_lock=lock, config=config, observer=observer)
     workers = max(4, config.raw["database"]["pool_size"])
-    rpm, tpm, link = rate_windows(config.redis_url)
+    rpm, tpm, link = rate_windows(config.redis_url, observer)
     key = b""
     privacy = config.privacy
     if privacy.get("client_ip") == "hashed" or privacy.get("user_agent") == "hashed":
@@ -151,4 +158,4 @@ def build_services(config: Config, db: Database | None = None) -> Services:
     return Services(config=config, db=db, authenticator=authenticator, writer=writer,
                     executor=ThreadPoolExecutor(workers, thread_name_prefix="hushgate-db"),
                     rpm=rpm, tpm=tpm, redis=link, privacy_key=key, owns_db=owns,
-                    write_lock=lock)
+                    write_lock=lock, observer=observer)

@@ -1,30 +1,30 @@
-"""Reading usage from provider responses on the fly, without keeping content.
+"""Meter: reading usage from provider answers without keeping content.
 
-:class:`StreamTap` is the ``flow.response.stream`` callable. It forwards every chunk as it
-arrives and reads usage on the side with a bounded line buffer (``MAX_LINE`` bytes; a longer
-line is passed through unparsed and only counts towards the estimate). It never alters a
-chunk. The one exception is OpenAI's usage-only chunk (``"choices": []`` with ``usage``),
-which hushgate asked for by injecting ``stream_options.include_usage``: a client that did
-not ask for usage doesn't receive it. In that mode the tap forwards whole SSE events only
-(a partial event waits for its end, bounded by ``MAX_LINE``).
+:class:`StreamTap` is the ``flow.response.stream`` callable of an SSE answer. It forwards
+whole SSE events as they complete (a partial event waits for its end, bounded by
+``MAX_LINE``; a longer one is passed through unparsed and only counts towards the estimate),
+so a stream the provider cuts mid-event still ends on an event boundary before hushgate's
+terminal error event. It reads usage on the side and never alters an event, except one:
+OpenAI's usage-only chunk (``"choices": []`` with ``usage``), which hushgate asked for by
+injecting ``stream_options.include_usage``, is not passed to a client that did not ask.
 
-Non-streaming bodies go through the same tap (``sse=False``): they are forwarded chunk by
-chunk and kept only up to ``MAX_JSON`` bytes to parse usage at the end; the buffer is freed
-as soon as it is parsed.
+Non-streamed (JSON) answers are buffered by mitmproxy (bounded by ``body_size_limit``) and
+read once by :func:`read_json_body`, so a cut or invalid body can still become a 502.
 
-Every parse failure is swallowed: a tap exception would make mitmproxy drop the chunk.
+A tap exception would make mitmproxy drop the chunk: failures are caught, the chunk is
+forwarded as is, and the tap is marked ``broken`` (the Gateway charges per its policy).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
-from proxy_addons.state import Usage
+from proxy_addons.pricing import Usage
 
 MAX_LINE = 256 * 1024
-MAX_JSON = 16 * 1024 * 1024
 _END_EVENTS = frozenset({"message_stop", "response.completed", "response.failed",
                          "response.incomplete"})
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
@@ -106,11 +106,6 @@ def text_chars(obj: Any, depth: int = 0) -> int:
     return total
 
 
-def tokens_from_chars(chars: int) -> int:
-    """hushgate's documented estimate: about 4 characters per token, rounded up."""
-    return -(-chars // 4) if chars > 0 else 0
-
-
 def is_usage_only_chunk(obj: Any) -> bool:
     """OpenAI's extra chunk sent because of ``stream_options.include_usage``."""
     return (isinstance(obj, dict) and obj.get("choices") == []
@@ -127,85 +122,64 @@ def _data_payload(event: bytes) -> bytes | None:
 
 
 class StreamTap:
-    """The ``flow.response.stream`` callable: forward, count, and read usage on the side."""
+    """The ``flow.response.stream`` callable: forward whole events, count, read usage."""
 
-    __slots__ = ("api_format", "sse", "hide_usage_chunk", "usage", "text", "delivered",
-                 "events", "_pending", "_json", "_json_over", "completed", "broken",
-                 "ended")
+    __slots__ = ("api_format", "hide_usage_chunk", "usage", "text", "delivered", "events",
+                 "_pending", "completed", "broken", "ended", "last_chunk_at")
 
-    def __init__(self, api_format: str, *, sse: bool, hide_usage_chunk: bool = False) -> None:
+    def __init__(self, api_format: str, *, hide_usage_chunk: bool = False) -> None:
         self.api_format = api_format
-        self.sse = sse
-        self.hide_usage_chunk = hide_usage_chunk and sse and api_format == "openai"
+        self.hide_usage_chunk = hide_usage_chunk and api_format == "openai"
         self.usage = Usage()
         self.text = 0  # characters of generated text seen
         self.delivered = 0  # bytes handed to the client
         self.events = 0
         self.completed = False  # saw the end of the message (final b"")
-        self.broken = False  # a parse problem: fall back to the estimate
+        self.broken = False  # the tap failed: the Gateway charges the hold (policy)
         self.ended = False  # saw the stream's own last event ([DONE], message_stop, ...)
+        self.last_chunk_at = time.monotonic()  # for the stream idle deadline
         self._pending = bytearray()
-        self._json = bytearray()
-        self._json_over = False
 
     def __call__(self, data: bytes) -> bytes | list[bytes]:
         """Called by mitmproxy per chunk (and ``b""`` at the end). An empty *list* means
         "send nothing now": an empty bytes chunk would end an HTTP/1.1 chunked body."""
+        self.last_chunk_at = time.monotonic()
         try:
             out = self._feed(data)
         except Exception:  # noqa: BLE001 - never drop a chunk because of hushgate
             self.broken = True
-            out = bytes(self._pending) + data if self.hide_usage_chunk else data
+            out = bytes(self._pending) + data
             self._pending.clear()
-            self.hide_usage_chunk = False
         self.delivered += len(out)
         return out if out else []
-
-    # -- internals ------------------------------------------------------------------------
 
     def _feed(self, data: bytes) -> bytes:
         if not data:
             self.completed = True
-            if not self.sse:
-                self._parse_json_body()
-                return b""
             rest = bytes(self._pending)
             self._pending.clear()
             if rest.strip():
                 self._event(rest)
-            return rest if self.hide_usage_chunk else b""
-        if not self.sse:
-            if not self._json_over:
-                if len(self._json) + len(data) > MAX_JSON:
-                    self._json_over = True
-                    self._json.clear()
-                else:
-                    self._json += data
+            return rest
+        if self.broken:
             return data
         self._pending += data
-        if not self.hide_usage_chunk:
-            self._scan(emit=False)
-            return data
-        return self._scan(emit=True)
+        return self._scan()
 
-    def _scan(self, *, emit: bool) -> bytes:
+    def _scan(self) -> bytes:
         """Consume complete events from the pending buffer; return the bytes to forward."""
-        out = bytearray()
         buf = self._pending
         start = 0
+        out = bytearray()
         for m in _EVENT_END.finditer(buf):
             event = bytes(buf[start:m.end()])
             start = m.end()
-            if not self._event(event) and emit:
-                continue
-            if emit:
+            if self._event(event):
                 out += event
         del buf[:start]
         if len(buf) > MAX_LINE:
-            # An event too long to parse: forward it unparsed and stop hiding anything.
-            self.broken = True
-            if emit:
-                out += buf
+            # An event too long to parse: forward it unparsed (it counts for nothing).
+            out += buf
             buf.clear()
         return bytes(out)
 
@@ -232,22 +206,19 @@ class StreamTap:
                 return False
         return True
 
-    def _parse_json_body(self) -> None:
-        if self._json_over or not self._json:
-            self._json.clear()
-            return
-        try:
-            obj = json.loads(bytes(self._json))
-        except ValueError:
-            obj = None
-        finally:
-            self._json.clear()  # the body is dropped as soon as it is metered
-        if obj is None:
-            return
-        self.text += text_chars(_text_part(obj))
-        found = usage_from_obj(obj)
-        if found is not None:
-            self.usage = found
+
+def read_json_body(raw: bytes | None) -> tuple[Usage, int] | None:
+    """(usage, generated characters) of a complete JSON answer; None if it is not JSON.
+    The parsed object is dropped at once: only the numbers leave this function."""
+    if not raw:
+        return None
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    return usage_from_obj(obj) or Usage(), text_chars(_text_part(obj))
 
 
 def _text_part(obj: Any) -> Any:

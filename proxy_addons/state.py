@@ -1,57 +1,67 @@
-"""The per-flow state every step of the pipeline reads and writes.
+"""What hushgate knows about one request, and the values its stages hand each other.
 
-One typed object lives in ``flow.metadata[STATE_KEY]``. Steps talk through it, never through
-each other. The gate flags (``authenticated``, ``routed``, ``reserved``) start ``False`` and
-only the step that checked something may set its flag: the forward gate refuses any flow
-whose flags aren't all set (default deny).
+:class:`FlowState` lives in ``flow.metadata`` and only the Gateway reads or writes that
+(``proxy_addons.gateway``); stages receive it as an argument. It holds metadata only: never
+a body, a header value or a key.
 
-A step signals a refusal by raising :class:`Refusal`; :func:`step` turns it (and any other
-exception) into a hushgate error response in the endpoint's wire format. Exceptions are
-logged by type name only: their text could carry request content.
+:class:`Admission` is the one ticket to the provider: only :func:`proxy_addons.admission.admit`
+can build one (after authenticate, route and reserve all allowed the request), and
+:func:`proxy_addons.forward.forward` accepts nothing else.
+
+A stage refuses a request by raising :class:`Refusal`: the Gateway answers it in the
+endpoint's wire format. Any other exception is logged by type name only (its text could
+carry request content) and answered as a hushgate error.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from mitmproxy import http
+from proxy_addons.pricing import Usage
 
 if TYPE_CHECKING:
     from control.core.config import Model
     from control.core.keys import KeyPrincipal
-    from proxy_addons.sse import StreamTap
 
 log = logging.getLogger("hushgate.proxy")
 
-STATE_KEY = "hushgate"
-
 
 class Refusal(Exception):  # noqa: N818 - a refusal is an outcome, not a bug
-    """A request hushgate answers itself: ``status`` + a safe ``message`` + an error code."""
+    """A request hushgate answers itself: ``status`` + a safe ``message`` + an error code.
+    ``details`` are extra numeric/name fields for the JSON error (never content)."""
 
     def __init__(self, status: int, code: str, message: str, *,
-                 retry_after: int | None = None) -> None:
+                 retry_after: int | None = None, details: dict[str, Any] | None = None,
+                 param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.retry_after = retry_after
+        self.details = details
+        self.param = param
 
 
-@dataclass(slots=True)
-class Usage:
-    """Token counts. ``input_tokens`` includes ``cached_tokens``."""
+_ADMIT = object()  # only proxy_addons.admission passes this: see Admission.__post_init__
 
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
-    seen: bool = False  # the provider reported usage (vs. estimated)
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A request authenticated, routed and reserved: the only thing forward accepts."""
+
+    token: object = field(repr=False)
+    model: Model
+    upstream_body: bytes
+    hold_id: str
+    hold_amount: int
+
+    def __post_init__(self) -> None:
+        if self.token is not _ADMIT:
+            raise TypeError("an Admission is built by proxy_addons.admission.admit only")
 
 
 @dataclass(slots=True)
@@ -63,38 +73,34 @@ class FlowState:
     started: float = field(default_factory=time.monotonic)
     method: str = ""
     endpoint: str = "other"
-    api_format: str = "openai"  # wire format of errors for this request
+    api_format: str = "openai"  # wire format of this request's errors and stream ends
     client_ip: str | None = None
     user_agent: str | None = None
+    client_close: bool = False  # the client asked for Connection: close
     request_bytes: int = 0
-    # authenticate
-    authenticated: bool = False
+    deferred: Refusal | None = None  # a header-phase refusal answered once the body is read
+    # admission
     key_id: str | None = None
     account_id: str | None = None
     principal: KeyPrincipal | None = None
-    # route
-    routed: bool = False
     model: Model | None = None
     stream: bool = False
     client_wants_usage: bool = False
-    max_output_tokens: int = 0
-    upstream_body: bytes | None = None  # the rewritten body; dropped once forwarded
-    # reserve
-    reserved: bool = False
     hold_id: str | None = None
     hold_amount: int = 0
-    input_estimate: int = 0
+    hold_input_tokens: int = 0
     # forward / response
     forwarded: bool = False
     forwarded_at: float | None = None
-    upstream_timer: Any = None  # asyncio.TimerHandle of the upstream timeout; cancelled at the
-    # response headers or the error (a pending timer would keep the whole flow alive)
+    watchdog: Any = None  # proxy_addons.forward.Watchdog while the provider is working
     upstream_status: int | None = None
     first_byte_at: float | None = None
-    tap: StreamTap | None = None
-    usage: Usage = field(default_factory=Usage)
+    tap: Any = None  # proxy_addons.sse.StreamTap of a streamed answer
+    usage: Usage = field(default_factory=Usage)  # reported, then charged
+    text_chars: int = 0  # generated characters of a JSON answer (for estimates)
     estimated: bool = False
     response_bytes: int = 0
+    failed_stage: str | None = None  # a stage after forwarding failed: charge per policy
     # outcome
     status: int = 0
     error_type: str | None = None
@@ -104,38 +110,6 @@ class FlowState:
 
     def refuse(self, status: int, code: str) -> None:
         self.status, self.error_type = status, code
-
-    @property
-    def may_forward(self) -> bool:
-        """The gate: every step before forwarding positively allowed this request."""
-        return self.authenticated and self.routed and self.reserved and self.model is not None
-
-
-def get_state(flow: http.HTTPFlow) -> FlowState | None:
-    return flow.metadata.get(STATE_KEY)
-
-
-Hook = Callable[[Any, http.HTTPFlow, FlowState], Awaitable[None] | None]
-
-
-def request_step(fn: Hook) -> Callable[[Any, http.HTTPFlow], Awaitable[None]]:
-    """Wrap a request-phase hook: skip flows already answered; map failures to errors."""
-
-    @functools.wraps(fn)
-    async def wrapper(self: Any, flow: http.HTTPFlow) -> None:
-        state = get_state(flow)
-        if state is None or flow.response is not None or flow.error is not None:
-            return
-        try:
-            result = fn(self, flow, state)
-            if result is not None:
-                await result
-        except Refusal as refusal:
-            answer(flow, state, refusal)
-        except Exception as exc:  # noqa: BLE001 - any failure must fail closed
-            answer(flow, state, refusal_for(exc, fn.__qualname__))
-
-    return wrapper
 
 
 def refusal_for(exc: BaseException, where: str) -> Refusal:
@@ -147,16 +121,13 @@ def refusal_for(exc: BaseException, where: str) -> Refusal:
         log.error("hushgate: database unavailable in %s (%s)", where, type(exc).__name__)
         return Refusal(503, "service_unavailable",
                        "hushgate is temporarily unavailable; the request was not forwarded")
-    log.error("hushgate: step %s failed (%s)", where, type(exc).__name__)
+    log.error("hushgate: stage %s failed (%s)", where, type(exc).__name__)
     return Refusal(500, "internal_error",
                    "hushgate could not process this request; it was not forwarded")
 
 
-def answer(flow: http.HTTPFlow, state: FlowState, refusal: Refusal) -> None:
-    """Answer the client with a hushgate error; the flow never reaches a provider."""
-    from proxy_addons.wire import error_response
+def is_database_error(exc: BaseException) -> bool:
+    from sqlalchemy.exc import DBAPIError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-    state.refuse(refusal.status, refusal.code)
-    flow.response = error_response(state.api_format, refusal.status, refusal.code,
-                                   refusal.message, request_id=state.request_id,
-                                   retry_after=refusal.retry_after)
+    return isinstance(exc, OperationalError | DBAPIError | PoolTimeout)

@@ -53,12 +53,24 @@ def guess_format(headers: Headers) -> str:
     return "openai"
 
 
-def error_body(api_format: str, status: int, code: str, message: str) -> dict:
+#: Query parameters each endpoint accepts (forwarded to the provider); any other is refused.
+QUERY_PARAMS: dict[str, frozenset[str]] = {
+    "messages": frozenset({"beta"}),  # the Anthropic SDK's client.beta.messages
+    "models": frozenset({"limit", "after_id", "before_id", "after", "order", "beta"}),
+}
+
+
+def error_body(api_format: str, status: int, code: str, message: str, *,
+               details: dict | None = None, param: str | None = None) -> dict:
+    """A hushgate error in the endpoint's wire format. ``details`` (numbers and names, never
+    content) are added beside the standard fields, where both SDKs keep them in ``body``."""
     if api_format == "anthropic":
         kind = _ANTHROPIC_TYPES.get(status, "api_error")
-        return {"type": "error", "error": {"type": kind, "message": message}}
+        error = {"type": kind, "message": message, **(details or {})}
+        return {"type": "error", "error": error}
     kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return {"error": {"message": message, "type": kind, "code": code, "param": None}}
+    return {"error": {"message": message, "type": kind, "code": code, "param": param,
+                      **(details or {})}}
 
 
 def json_response(status: int, body: dict, *, request_id: str | None = None,
@@ -71,11 +83,12 @@ def json_response(status: int, body: dict, *, request_id: str | None = None,
 
 
 def error_response(api_format: str, status: int, code: str, message: str, *,
-                   request_id: str | None = None, retry_after: int | None = None
-                   ) -> http.Response:
+                   request_id: str | None = None, retry_after: int | None = None,
+                   details: dict | None = None, param: str | None = None) -> http.Response:
     """A hushgate error response in the endpoint's wire format."""
     extra = {"retry-after": str(retry_after)} if retry_after is not None else None
-    return json_response(status, error_body(api_format, status, code, message),
+    return json_response(status, error_body(api_format, status, code, message,
+                                            details=details, param=param),
                          request_id=request_id, extra=extra)
 
 
@@ -111,18 +124,44 @@ PROXY_ERRORS: dict[str, tuple[str, str]] = {
     "upstream_timeout": ("timeout_error", "the provider did not answer in time"),
     "response_too_large": ("api_error", "the provider's response was too large"),
     "proxy_error": ("api_error", "hushgate could not complete this request"),
+    "upstream_cut": ("api_error", "the provider's answer was cut off"),
+    "invalid_upstream_response": ("api_error", "the provider's answer was not valid"),
+    "request_timeout": ("timeout_error", "the request ran longer than this gateway allows"),
+    "internal_error": ("api_error", "hushgate could not complete this request"),
 }
-#: The hushgate error code of a status mitmproxy chose, when the pipeline did not decide.
+#: The hushgate error code of a status mitmproxy chose, when the Gateway did not decide.
 _PROXY_ERROR_CODES = {400: "invalid_request", 413: "request_too_large",
                       502: "upstream_unreachable", 504: "upstream_timeout"}
 
 
-def proxy_error_body(status: int, code: str | None = None) -> dict:
-    """The body of an error mitmproxy answers itself, in one shape both SDKs parse:
-    ``{"type": "error", "error": {"type", "code", "message"}}`` (Anthropic's envelope;
-    OpenAI's SDK reads ``error.message``/``type``/``code`` from the same object)."""
-    if code not in PROXY_ERRORS:
-        code = _PROXY_ERROR_CODES.get(status, "invalid_request" if status < 500
-                                      else "proxy_error")
-    kind, message = PROXY_ERRORS[code]
+def proxy_error_code(status: int, code: str | None = None) -> str:
+    if code in PROXY_ERRORS:
+        return code
+    return _PROXY_ERROR_CODES.get(status, "invalid_request" if status < 500 else "proxy_error")
+
+
+def proxy_error_body(status: int, code: str | None = None,
+                     api_format: str | None = None) -> dict:
+    """The body of an error mitmproxy answers itself. In the endpoint's format when the
+    request's endpoint is known; with no flow at all (a request line that does not parse),
+    one shape both SDKs parse: ``{"type": "error", "error": {"type", "code", "message"}}``
+    (Anthropic's envelope; OpenAI's SDK reads ``error.message``/``type``/``code`` from it)."""
+    code = proxy_error_code(status, code)
+    kind, message = PROXY_ERRORS.get(code, PROXY_ERRORS["proxy_error"])
+    if api_format is not None:
+        return error_body(api_format, status, code, message)
     return {"type": "error", "error": {"type": kind, "code": code, "message": message}}
+
+
+def stream_error_event(api_format: str, status: int, code: str) -> bytes:
+    """The terminal SSE event hushgate ends a broken stream with, in the endpoint's own
+    format, so the SDKs raise a clean API error instead of a connection error."""
+    _, message = PROXY_ERRORS.get(code, ("api_error", "the provider's stream was cut"))
+    if api_format == "anthropic":
+        kind = _ANTHROPIC_TYPES.get(status, "api_error")
+        body = {"type": "error", "error": {"type": kind, "message": message}}
+        return b"event: error\ndata: " + json.dumps(body, separators=(",", ":")).encode() + \
+            b"\n\n"
+    # Every OpenAI endpoint's SDK stream raises APIError on a ``{"error": ...}`` event.
+    error = {"message": message, "type": "server_error", "code": code, "param": None}
+    return b"data: " + json.dumps({"error": error}, separators=(",", ":")).encode() + b"\n\n"

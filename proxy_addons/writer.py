@@ -7,7 +7,7 @@ amount written into the record; records are then inserted in batches of
 optional JSON-lines sink. ``close()`` flushes everything (graceful shutdown).
 
 On SQLite every write transaction takes the process's write lock (see
-``proxy_addons.services.write_lock_for``), shared with the reserve step. (Settling chunks
+``proxy_addons.services.write_lock_for``), shared with the reserve stage. (Settling chunks
 of 1, 4 or 16 outcomes per transaction, each in a savepoint, with their records inserted in
 the same transaction, was measured and was slower than this: keep the settlements short
 and the record insert batched.)
@@ -32,6 +32,7 @@ from typing import Any
 from control.core import records, wallet
 from control.core.config import Config
 from control.core.db import Database
+from proxy_addons.observer import NullObserver, call
 
 log = logging.getLogger("hushgate.proxy")
 
@@ -48,14 +49,16 @@ class Outcome:
     charge: int = 0  # 0 with a hold => release
     estimated: bool = False
     attempts: int = 0
+    submitted_at: float = 0.0
 
 
 class RecordWriter:
     def __init__(self, db: Database, *, batch_size: int = 500, flush_ms: int = 200,
                  jsonl_path: str | os.PathLike[str] | None = None,
                  write_lock: contextlib.AbstractContextManager[Any] | None = None,
-                 config: Config | None = None) -> None:
+                 config: Config | None = None, observer: Any = None) -> None:
         self._db = db
+        self.observer = observer if observer is not None else NullObserver()
         self._config = config  # for the low-balance notice a settlement may queue
         self._write_lock = write_lock or contextlib.nullcontext()
         self._batch_size = batch_size
@@ -81,6 +84,7 @@ class RecordWriter:
 
     def submit(self, outcome: Outcome) -> None:
         """Queue one request's outcome. Never blocks on the database."""
+        outcome.submitted_at = time.monotonic()
         with self._idle:
             self._pending += 1
         self._queue.put(outcome)
@@ -136,6 +140,7 @@ class RecordWriter:
                 done.append(outcome)
             except Exception as exc:  # noqa: BLE001 - keep the writer alive
                 outcome.attempts += 1
+                call(self.observer, "db_error")
                 log.error("hushgate: settling failed (%s)", type(exc).__name__)
                 (retry if outcome.attempts < MAX_ATTEMPTS else done).append(outcome)
         rows = [o.record for o in done]
@@ -145,7 +150,10 @@ class RecordWriter:
                     records.insert_records(session, rows)
                 self._sink(rows)
             self.written += len(rows)
+            for row in rows:
+                call(self.observer, "request_finished", row)
         except Exception as exc:  # noqa: BLE001
+            call(self.observer, "db_error")
             log.error("hushgate: writing %d records failed (%s)", len(rows),
                       type(exc).__name__)
             for o in done:
@@ -163,6 +171,9 @@ class RecordWriter:
         with self._idle:
             self._pending -= len(batch) - len(retry)
             self._idle.notify_all()
+        oldest = min(o.submitted_at for o in batch)
+        call(self.observer, "writer_queue", self._queue.qsize(),
+             max(0.0, time.monotonic() - oldest))
 
     def _settle(self, outcome: Outcome) -> None:
         if outcome.hold_id is None:

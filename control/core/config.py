@@ -39,6 +39,8 @@ DEFAULTS: dict[str, Any] = {
         "allow_plain_http": False,
         "max_request_bytes": 10 * 1024 * 1024,
         "upstream_timeout_ms": 120_000,
+        "stream_idle_timeout_ms": 60_000,
+        "max_request_seconds": 3600,
         "records_jsonl": None,
         "record_batch_size": 500,
         "record_flush_ms": 200,

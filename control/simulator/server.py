@@ -69,6 +69,7 @@ class Simulator:
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
+        self._stop_requested = False  # a signal came before serve() was listening
         self._tasks: set[asyncio.Task[None]] = set()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -111,6 +112,8 @@ class Simulator:
         """Serve in the running event loop until :meth:`stop` (or cancellation)."""
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
+        if self._stop_requested:
+            self._stop_event.set()  # a signal arrived before the listener was up
         self._server = await asyncio.start_server(self._connection, self.host, self.port,
                                                   reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -150,13 +153,22 @@ class Simulator:
         """Serve in the foreground until SIGINT or SIGTERM (the CLI)."""
 
         async def main() -> None:
-            task = asyncio.ensure_future(self.serve())
-            with contextlib.suppress(NotImplementedError):
-                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.stop)
-            await task
+            loop = asyncio.get_running_loop()
+            # Both signals explicitly: a process started with SIGINT ignored (a shell's
+            # ``trap '' INT``, a background job) must still stop on either.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, ValueError):
+                    loop.add_signal_handler(sig, self._stop_soon)
+            await self.serve()
 
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(main())
+
+    def _stop_soon(self) -> None:
+        """Signal handler (in the loop): stop now, or as soon as :meth:`serve` is ready."""
+        self._stop_requested = True
+        if self._stop_event is not None:
+            self._stop_event.set()
 
     def __enter__(self) -> Simulator:
         return self.start()

@@ -78,12 +78,19 @@ def post(port: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[in
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    resp = None
     try:
         conn.request("POST", path, body=body, headers=headers)
         resp = conn.getresponse()
-        data = resp.read()
         status = resp.status
+        data = resp.read()
     finally:
+        # The response owns a file on the socket: if the server answered early and closed
+        # (a 413 before the body was read) getresponse() has already detached it from the
+        # connection, so conn.close() alone leaves the socket to the garbage collector
+        # (an unclosed-socket ResourceWarning, an error under filterwarnings=error).
+        if resp is not None:
+            resp.close()
         conn.close()
     try:
         return status, json.loads(data)

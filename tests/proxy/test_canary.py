@@ -79,7 +79,7 @@ def test_markers_appear_nowhere(tmp_path, db_url, backend, sim):
     settings = {"data_dir": str(data_dir), "database": {"url": db_url},
                 "auth": {"bcrypt_cost": 4},
                 "proxy": {"listen_port": port, "upstream_timeout_ms": 1000,
-                          "record_flush_ms": 20,
+                          "stream_idle_timeout_ms": 400, "record_flush_ms": 20,
                           "records_jsonl": str(data_dir / "records.jsonl")},
                 **cat}
     cfg_file = tmp_path / "hushgate.yaml"
@@ -100,6 +100,7 @@ def test_markers_appear_nowhere(tmp_path, db_url, backend, sim):
         try:
             _wait_port(port, proc)
             _drive_every_path(port, key, m_prompt, m_reply, m_stream, m_error)
+            _drive_gateway_paths(port, key, m_prompt, m_stream, sim)
             assert any(m_provider in json.dumps(_headers(r)) for r in sim.requests), \
                 "the provider key should have reached the simulator"
         finally:
@@ -126,7 +127,42 @@ def test_markers_appear_nowhere(tmp_path, db_url, backend, sim):
         for marker in markers:
             assert marker.encode() not in content, f"{marker[:14]}... leaked into {name}"
     records = [json.loads(line) for line in (data_dir / "records.jsonl").read_text().splitlines()]
-    assert len(records) >= 10
+    assert len(records) >= 18
+
+
+def _drive_gateway_paths(port, key, m_prompt, m_stream, sim):
+    """The Gateway's own error and stream paths: terminal events, deadlines, 502s for bad
+    JSON bodies, query parameters, Connection: close."""
+    import anthropic
+
+    base = f"http://127.0.0.1:{port}"
+    content = f"{m_prompt} SIM_REPLY:{m_stream}"
+    with openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0) as client:
+        for fault in (FAULT_CUT, "garbage"):  # non-streamed body cut / not JSON -> 502
+            with pytest.raises(openai.APIStatusError) as info:
+                client.chat.completions.create(model="gpt-test", messages=[
+                    {"role": "user", "content": f"{content} SIM_FAULT:{fault}"}])
+            assert m_stream not in json.dumps(info.value.body)
+        sim.slow_chunk_delay_ms = 2000  # a stalled stream -> its idle deadline
+        try:
+            with pytest.raises(openai.APIError):  # noqa: PT012
+                for _ in client.chat.completions.create(model="gpt-test", stream=True, messages=[
+                        {"role": "user", "content": f"{content} SIM_FAULT:slow_stream"}]):
+                    pass
+        finally:
+            sim.slow_chunk_delay_ms = 200
+    with anthropic.Anthropic(base_url=base, api_key=key, max_retries=0) as client, \
+            pytest.raises(anthropic.APIStatusError), \
+            client.messages.stream(model="claude-test", max_tokens=50, messages=[
+                {"role": "user", "content": f"{content} SIM_FAULT:{FAULT_CUT}"}]) as stream:
+        for _ in stream:
+            pass
+    auth = {"content-type": "application/json", "authorization": f"Bearer {key}"}
+    body = json.dumps({"model": "gpt-test", "stream": True,
+                       "messages": [{"role": "user", "content": m_prompt}]}).encode()
+    post(port, f"/v1/chat/completions?{m_prompt}=1", body, auth)  # unknown parameter
+    post(port, f"/chat/completions?x={m_prompt}", body, auth)  # wrong base URL
+    post(port, "/v1/chat/completions", body, {**auth, "connection": "close"})
 
 
 def _headers(req):

@@ -14,7 +14,7 @@ import pytest
 from proxy_helpers import FAULT_HANG, raw_request
 
 from proxy_addons import errorpage
-from proxy_addons.wire import PROXY_ERRORS
+from proxy_addons.wire import PROXY_ERRORS, error_body
 
 BALANCE = 10_000_000
 CANARY = "CANARY-7f3c1e"
@@ -26,15 +26,15 @@ def _dead_port() -> int:
         return s.getsockname()[1]
 
 
-def _assert_hushgate_json(response, status: int, code: str) -> dict:
-    """The raw answer: hushgate's JSON error shape, no trace of mitmproxy."""
+def _assert_hushgate_json(response, status: int, code: str, api_format: str) -> dict:
+    """The raw answer: hushgate's JSON error in the endpoint's own wire format, no trace of
+    mitmproxy."""
     assert response.status_code == status
     assert response.headers["content-type"] == "application/json"
     assert "server" not in response.headers
     assert "mitmproxy" not in response.text.lower()
     body = response.json()
-    assert body == {"type": "error", "error": {"type": PROXY_ERRORS[code][0], "code": code,
-                                                "message": PROXY_ERRORS[code][1]}}
+    assert body == error_body(api_format, status, code, PROXY_ERRORS[code][1])
     return body
 
 
@@ -62,11 +62,12 @@ def _assert_records(gw, n: int, status: int, code: str) -> None:
 def test_sdks_get_json_502_when_provider_unreachable(make_gateway):
     gw = make_gateway(base_url=f"http://127.0.0.1:{_dead_port()}")
     oai, ant = _call_both_sdks(gw, "hello")
+    _assert_hushgate_json(oai.response, 502, "upstream_unreachable", "openai")
+    _assert_hushgate_json(ant.response, 502, "upstream_unreachable", "anthropic")
     for exc in (oai, ant):
-        _assert_hushgate_json(exc.response, 502, "upstream_unreachable")
         assert exc.response.headers["x-hushgate-request-id"]
     assert isinstance(oai, openai.InternalServerError)
-    assert (oai.code, oai.type) == ("upstream_unreachable", "api_error")
+    assert (oai.code, oai.type) == ("upstream_unreachable", "server_error")
     assert oai.message.startswith("Error code: 502")
     assert isinstance(ant, anthropic.InternalServerError)
     assert ant.api_message == PROXY_ERRORS["upstream_unreachable"][1]
@@ -77,16 +78,16 @@ def test_sdks_get_json_502_when_provider_unreachable(make_gateway):
 def test_sdks_get_json_504_when_provider_times_out(make_gateway):
     gw = make_gateway(proxy={"upstream_timeout_ms": 500})
     oai, ant = _call_both_sdks(gw, f"SIM_FAULT:{FAULT_HANG}", timeout=30)
-    for exc in (oai, ant):
-        _assert_hushgate_json(exc.response, 504, "upstream_timeout")
-    assert (oai.status_code, oai.code, oai.type) == (504, "upstream_timeout", "timeout_error")
+    _assert_hushgate_json(oai.response, 504, "upstream_timeout", "openai")
+    _assert_hushgate_json(ant.response, 504, "upstream_timeout", "anthropic")
+    assert (oai.status_code, oai.code, oai.type) == (504, "upstream_timeout", "server_error")
     assert isinstance(ant, anthropic.InternalServerError) and ant.status_code == 504
-    assert (ant.type, ant.api_message) == ("timeout_error", "the provider did not answer in time")
+    assert (ant.type, ant.api_message) == ("api_error", "the provider did not answer in time")
     with gw.openai(timeout=30) as client, pytest.raises(openai.APIStatusError) as streamed:
         client.chat.completions.create(model="gpt-test", max_tokens=20, stream=True,
                                        messages=[{"role": "user",
                                                   "content": f"SIM_FAULT:{FAULT_HANG}"}])
-    _assert_hushgate_json(streamed.value.response, 504, "upstream_timeout")
+    _assert_hushgate_json(streamed.value.response, 504, "upstream_timeout", "openai")
     assert len(gw.sim.requests) == 3  # each was forwarded, then given up on
     _assert_records(gw, 3, 504, "upstream_timeout")
 
@@ -105,8 +106,9 @@ def test_chunked_body_over_limit_is_json_413(make_gateway):
     status, data = raw_request(gw.port, _head(gw.key, "Transfer-Encoding: chunked\r\n")
                                + chunks)
     assert status == 413
-    assert json.loads(data) == {"type": "error", "error": {
-        "type": "request_too_large", "code": "request_too_large",
+    # In the endpoint's (OpenAI) format, like every hushgate error on this endpoint.
+    assert json.loads(data) == {"error": {
+        "type": "invalid_request_error", "code": "request_too_large", "param": None,
         "message": "the request body is too large"}}
     assert gw.sim.requests == []
     recs = gw.records()

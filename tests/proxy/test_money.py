@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from proxy_helpers import post
 
 from control.core.money import cost_of
-from proxy_addons.reserve import input_estimate
+from proxy_addons.pricing import hold_input_tokens as input_estimate
 
 
 def body(max_tokens: int = 10) -> bytes:

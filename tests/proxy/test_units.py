@@ -12,12 +12,20 @@ from proxy_addons.authenticate import extract_key
 from proxy_addons.forward import upstream_headers, upstream_target
 from proxy_addons.intake import check_headers, query_has_key
 from proxy_addons.limits import SlidingWindow
-from proxy_addons.route import parse_body, requested_output_tokens, route
+from proxy_addons.meter import classify_error
+from proxy_addons.pricing import (
+    Usage,
+    charged_input_tokens,
+    final_usage,
+    hold_input_tokens,
+    usage_cost,
+    worst_case_cost,
+)
+from proxy_addons.route import parse_body, requested_choices, requested_output_tokens, route
 from proxy_addons.safety import RedactingFilter, unsafe_options
 from proxy_addons.services import privacy_ip
-from proxy_addons.settle import classify_error, final_usage, usage_cost
-from proxy_addons.sse import StreamTap, usage_from_obj
-from proxy_addons.state import FlowState, Refusal, Usage
+from proxy_addons.sse import StreamTap, read_json_body, usage_from_obj
+from proxy_addons.state import FlowState, Refusal
 from proxy_addons.wire import error_body
 
 OPENAI = Provider("p", "https://api.example.com", "openai", "K", None, True, None)
@@ -181,7 +189,7 @@ def test_stream_tap_hides_only_the_usage_chunk(split, hide):
     chunks = _events({"choices": [{"delta": {"content": "hello world"}}]},
                      {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
     data = b"".join(chunks)
-    tap = StreamTap("openai", sse=True, hide_usage_chunk=hide)
+    tap = StreamTap("openai", hide_usage_chunk=hide)
     out = b""
     for i in range(0, len(data), split):
         got = tap(data[i:i + split])
@@ -194,12 +202,12 @@ def test_stream_tap_hides_only_the_usage_chunk(split, hide):
 
 
 def test_stream_tap_never_returns_empty_bytes_for_data():
-    tap = StreamTap("openai", sse=True, hide_usage_chunk=True)
+    tap = StreamTap("openai", hide_usage_chunk=True)
     assert tap(b"data: {") == []  # held until the event ends, never b"" (would end the body)
 
 
 def test_stream_tap_anthropic_cumulative_usage():
-    tap = StreamTap("anthropic", sse=True)
+    tap = StreamTap("anthropic")
     for obj in ({"type": "message_start", "message": {"usage": {"input_tokens": 11,
                                                                 "output_tokens": 1}}},
                 {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "hey"}},
@@ -210,19 +218,26 @@ def test_stream_tap_anthropic_cumulative_usage():
 
 
 def test_stream_tap_bounded_line():
-    tap = StreamTap("openai", sse=True, hide_usage_chunk=True)
+    tap = StreamTap("openai", hide_usage_chunk=True)
     big = b"data: " + b"x" * (300 * 1024)
     out = tap(big)
-    assert out == big and tap.broken
+    assert out == big and not tap.broken  # passed through unparsed; counts for nothing
 
 
-def test_json_tap_passes_through_and_parses_at_end():
+def test_read_json_body():
     body = json.dumps({"choices": [{"message": {"content": "abcd"}}],
                        "usage": {"prompt_tokens": 2, "completion_tokens": 1}}).encode()
-    tap = StreamTap("openai", sse=False)
-    assert tap(body[:10]) == body[:10] and tap(body[10:]) == body[10:]
-    assert tap(b"") == []
-    assert tap.usage.output_tokens == 1 and tap.text == 4
+    usage, chars = read_json_body(body)
+    assert usage.output_tokens == 1 and chars == 4
+    assert read_json_body(body[:-3]) is None  # cut
+    assert read_json_body(b"<html>oops</html>") is None and read_json_body(b"[1]") is None
+
+
+def test_stream_tap_forwards_whole_events_only():
+    tap = StreamTap("openai")
+    assert tap(b'data: {"choices": []}\n\ndata: {"cho') == b'data: {"choices": []}\n\n'
+    assert tap(b'ices": []}\n\n') == b'data: {"choices": []}\n\n'
+    assert tap.delivered == 2 * len(b'data: {"choices": []}\n\n')
 
 
 def test_sliding_window():
@@ -267,11 +282,42 @@ def test_classify_error(forwarded, status, msg, expected):
 
 
 def test_final_usage_estimates_when_missing():
-    state = FlowState(request_id="x" * 16, time=None, request_bytes=400)  # type: ignore[arg-type]
-    state.tap = StreamTap("openai", sse=True)
-    state.tap.text = 40
-    usage, estimated = final_usage(state, complete=True)
+    usage, estimated = final_usage(Usage(), text_chars=40, request_bytes=400, complete=True)
     assert estimated and (usage.input_tokens, usage.output_tokens) == (100, 10)
+
+
+def test_final_usage_exact_when_reported():
+    reported = Usage(10, 5, 0, seen=True)
+    assert final_usage(reported, text_chars=40, request_bytes=400, complete=True) \
+        == (reported, False)
+    usage, estimated = final_usage(reported, text_chars=40, request_bytes=400, complete=False)
+    assert estimated and (usage.input_tokens, usage.output_tokens) == (10, 10)
+
+
+def test_the_two_estimates_side_by_side():
+    # the hold is the generous worst case; the charge without usage is the best guess
+    assert hold_input_tokens(400) == 134 > charged_input_tokens(400) == 100
+    assert hold_input_tokens(0) == charged_input_tokens(0) == 1
+
+
+@pytest.mark.parametrize(("endpoint", "body", "choices"), [
+    ("chat.completions", {}, 1), ("chat.completions", {"n": 3}, 3),
+    ("completions", {"n": 2, "best_of": 5}, 5), ("messages", {"n": 4}, 1),
+])
+def test_requested_choices(endpoint, body, choices):
+    assert requested_choices(endpoint, body) == choices
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, "2", 1.5])
+def test_requested_choices_refuses_bad_n(bad):
+    with pytest.raises(Refusal) as info:
+        requested_choices("chat.completions", {"n": bad})
+    assert info.value.status == 400 and info.value.param == "n"
+
+
+def test_worst_case_counts_every_choice():
+    assert worst_case_cost(GPT.prices, 10, 100, choices=3) == \
+        worst_case_cost(GPT.prices, 10, 300)
 
 
 @pytest.mark.parametrize(("values", "bad"), [

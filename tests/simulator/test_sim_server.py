@@ -189,8 +189,41 @@ def test_cli_module():
                 assert proc.poll() is None and time.monotonic() < deadline
                 time.sleep(0.05)
     finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+        # SIGTERM, not SIGINT: a test run started with SIGINT ignored (``trap '' INT``)
+        # passes that on to its children. Never leave the process behind.
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+    assert proc.returncode == 0, err.decode()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_module_stops_on_signal_even_with_sigint_ignored(sig):
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "control.simulator", "--port", str(port),
+                             "--log-level", "WARNING"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except ConnectionRefusedError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 0, err.decode()
     help_text = subprocess.run([sys.executable, "-m", "control.simulator", "--help"],
                                env=env, cwd=ROOT, capture_output=True, check=True).stdout
