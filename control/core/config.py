@@ -140,7 +140,13 @@ DEFAULTS: dict[str, Any] = {
     # self-service top-ups (payment processor checkout); owned by the self-hosting work
     "payments": {},
     # Prometheus metrics; owned by the self-hosting work
-    "metrics": {},
+    "metrics": {
+        "enabled": True,
+        "token_env": "HUSHGATE_METRICS_TOKEN",
+        "token_file": None,
+        "loopback_without_token": True,
+        "multiprocess_dir": None,
+    },
 }
 
 
