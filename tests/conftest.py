@@ -276,6 +276,25 @@ def free_port() -> int:
 
 
 @pytest.fixture
+def port_factory() -> Any:
+    """``port_factory()`` -> a free loopback TCP port. (Test modules can't import from
+    ``conftest``: several conftest.py files share that module name.)"""
+    return free_port
+
+
+@pytest.fixture
+def config_factory(tmp_path: Path) -> Any:
+    """``config_factory(db_url, **overrides)`` -> :func:`make_config` in this tmp_path."""
+    return lambda url, **overrides: make_config(tmp_path, url, **overrides)
+
+
+@pytest.fixture
+def pg_admin() -> Any:
+    """``(execute, url_of)``: run SQL as the PostgreSQL admin; the URL of a database name."""
+    return _pg_exec, _pg_url
+
+
+@pytest.fixture
 def smtp_server() -> Iterator[tuple[Inbox, int]]:
     """A real SMTP server (aiosmtpd) on a free loopback port; yields (inbox, port)."""
     from aiosmtpd.controller import Controller

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, make_config
 from sqlalchemy import text
 
 from control.core import audit_head, doctor, records, retention
@@ -31,13 +30,13 @@ def make_private(config: Config) -> None:
 
 
 @pytest.fixture
-def healthy(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+def healthy(config_factory, db_url: str, monkeypatch: pytest.MonkeyPatch
             ) -> Callable[..., Config]:
     """``healthy(**overrides)`` -> a config whose deployment passes every check."""
     monkeypatch.delenv("HUSHGATE_AUDIT_HMAC_KEY", raising=False)
 
     def _make(**overrides: Any) -> Config:
-        cfg = make_config(tmp_path, db_url, **overrides)
+        cfg = config_factory(db_url, **overrides)
         make_private(cfg)
         return cfg
 
@@ -71,6 +70,15 @@ def test_a_healthy_deployment_passes(healthy) -> None:
                  "retention.scheduler", "retention.due", "providers.keys"):
         assert got[name].status == doctor.PASS, got[name]
     assert got["smtp"].status == doctor.SKIP
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _listen_anywhere(which: str) -> dict[str, Any]:
@@ -114,7 +122,7 @@ BROKEN: list[tuple[str, Callable[[Path], dict[str, Any]], Callable[[Config], Non
      "audit.chain", ("newest events were removed",)),
     ("provider-key-missing", lambda _: _real_provider_without_key(), None,
      "providers.keys", ("openai", "$HG_DOCTOR_TEST_NO_SUCH_KEY")),
-    ("smtp-unreachable", lambda _: {"smtp": {"host": "127.0.0.1", "port": free_port(),
+    ("smtp-unreachable", lambda _: {"smtp": {"host": "127.0.0.1", "port": _closed_port(),
                                              "timeout_seconds": 2}}, None,
      "smtp", ("cannot talk to the SMTP server", "smtp.host")),
 ]
@@ -204,11 +212,11 @@ def test_smtp_reachable_passes(healthy, smtp_server) -> None:
     assert check.status == doctor.PASS, check
 
 
-def test_database_not_migrated(tmp_path, backend, monkeypatch) -> None:
+def test_database_not_migrated(tmp_path, backend, config_factory, pg_admin) -> None:
     """An empty database (never `hushgate init`) fails with the command that fixes it."""
     import uuid
 
-    from conftest import _pg_exec, _pg_url
+    _pg_exec, _pg_url = pg_admin
 
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'data' / 'empty.db'}"
@@ -223,7 +231,7 @@ def test_database_not_migrated(tmp_path, backend, monkeypatch) -> None:
         _pg_exec(f'CREATE DATABASE "{name}"')
         url = _pg_url(name)
     try:
-        config = make_config(tmp_path, url)
+        config = config_factory(url)
         check, db = doctor.check_database(config)
     finally:
         if name:
@@ -232,8 +240,8 @@ def test_database_not_migrated(tmp_path, backend, monkeypatch) -> None:
     assert "migration none" in check.detail and "hushgate init" in check.fix
 
 
-def test_missing_sqlite_file_is_not_created(tmp_path) -> None:
-    config = make_config(tmp_path, f"sqlite:///{tmp_path / 'data' / 'hushgate.db'}")
+def test_missing_sqlite_file_is_not_created(tmp_path, config_factory) -> None:
+    config = config_factory(f"sqlite:///{tmp_path / 'data' / 'hushgate.db'}")
     checks = by_name(doctor.run_checks(config))
     assert checks["database"].status == doctor.FAIL
     assert "hushgate init" in checks["database"].fix
@@ -241,9 +249,9 @@ def test_missing_sqlite_file_is_not_created(tmp_path) -> None:
     assert not (tmp_path / "data").exists(), "the doctor must create nothing"
 
 
-def test_unreachable_postgresql_names_no_password(tmp_path) -> None:
-    url = f"postgresql://hushgate:s3cret-pw-991@127.0.0.1:{free_port()}/hushgate"
-    config = make_config(tmp_path, url)
+def test_unreachable_postgresql_names_no_password(config_factory) -> None:
+    url = f"postgresql://hushgate:s3cret-pw-991@127.0.0.1:{_closed_port()}/hushgate"
+    config = config_factory(url)
     check, db = doctor.check_database(config)
     assert db is None and check.status == doctor.FAIL
     assert "cannot reach" in check.detail and "OperationalError" in check.detail
@@ -260,7 +268,7 @@ def test_running_deployment(healthy, tmp_path) -> None:
         assert doctor.check_url("running.control", server.url).status == doctor.PASS
     finally:
         server.stop()
-    closed = doctor.check_url("running.proxy", f"http://127.0.0.1:{free_port()}")
+    closed = doctor.check_url("running.proxy", f"http://127.0.0.1:{_closed_port()}")
     assert closed.status == doctor.FAIL and "cannot be reached" in closed.detail
     remote = doctor.check_url("running.proxy", "http://192.0.2.1:8080")  # never contacted
     assert remote.status == doctor.FAIL and "plain HTTP" in remote.detail
@@ -291,7 +299,7 @@ def test_env_audit_key_is_found_without_a_file(healthy, monkeypatch) -> None:
 
 
 def test_no_check_leaks_a_secret(healthy, monkeypatch) -> None:
-    config = healthy(smtp={"host": "127.0.0.1", "port": free_port(), "timeout_seconds": 1,
+    config = healthy(smtp={"host": "127.0.0.1", "port": _closed_port(), "timeout_seconds": 1,
                            "username": "mailer"})
     monkeypatch.setenv("HUSHGATE_SMTP_PASSWORD", "smtp-pass-7781")
     out = " ".join(f"{c.detail} {c.fix}" for c in doctor.run_checks(config))

@@ -326,13 +326,11 @@ def test_control_plane_metrics(control_client, funded_account, uow, db, config,
                               ).status_code == 403
 
 
-def test_control_plane_metrics_disabled(tmp_path, db_url) -> None:
-    from conftest import make_config
-
+def test_control_plane_metrics_disabled(config_factory, db_url) -> None:
     from control.core.db import Database
     from control.web import create_app
 
-    cfg = make_config(tmp_path, db_url, metrics={"enabled": False})
+    cfg = config_factory(db_url, metrics={"enabled": False})
     database = Database.from_config(cfg)
     try:
         client = create_app(cfg, database, TESTING=True).test_client()
@@ -342,18 +340,15 @@ def test_control_plane_metrics_disabled(tmp_path, db_url) -> None:
         database.dispose()
 
 
-def test_control_plane_includes_the_proxies_on_this_host(tmp_path, db_url, monkeypatch
-                                                         ) -> None:
+def test_control_plane_includes_the_proxies_on_this_host(config_factory, db_url) -> None:
     """With metrics.multiprocess_dir, the control plane also serves what the proxy
     processes on this host wrote there (a real worker process writes them)."""
     import json
 
-    from conftest import make_config
-
     from control.core.db import Database
     from control.web import create_app
 
-    cfg = make_config(tmp_path, db_url, metrics={"multiprocess_dir": "prom"})
+    cfg = config_factory(db_url, metrics={"multiprocess_dir": "prom"})
     folder = metrics.multiprocess_dir(cfg)
     assert folder == cfg.data_dir / "prom"
     worker = subprocess.Popen([sys.executable, "-c", WORKER, str(folder),

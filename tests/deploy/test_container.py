@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 
 from control.core import metrics
 
@@ -88,13 +87,13 @@ def wait_for(url: str, deadline: float, headers: dict[str, str] | None = None) -
 
 
 @pytest.fixture
-def stack() -> Iterator[dict[str, object]]:
+def stack(port_factory) -> Iterator[dict[str, object]]:
     env = podman_env()
     build_images(env)
     compose = shutil.which("podman-compose") or str(Path(sys.executable).parent /
                                                     "podman-compose")
     project = f"hgtest{secrets.token_hex(3)}"
-    ports = {"proxy": free_port(), "control": free_port()}
+    ports = {"proxy": port_factory(), "control": port_factory()}
     env.update({
         "HUSHGATE_IMAGE": IMAGE, "HUSHGATE_POSTGRES_IMAGE": SERVICES,
         "HUSHGATE_REDIS_IMAGE": SERVICES, "POSTGRES_PASSWORD": secrets.token_urlsafe(16),

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port
 from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "proxy"))
@@ -104,13 +103,13 @@ class Farm:
 
 
 @pytest.fixture
-def farm(tmp_path: Path, backend: str, db_url: str) -> Iterator[Farm]:
+def farm(tmp_path: Path, backend: str, db_url: str, port_factory) -> Iterator[Farm]:
     assert backend == "postgresql"  # several processes share one database: PostgreSQL
     assert shutil.which("haproxy"), "haproxy (Debian package) is needed; ./dev test installs it"
     sim = Simulator(port=0)
     sim.start()
-    ports = [free_port(), free_port()]
-    lb_port = free_port()
+    ports = [port_factory(), port_factory()]
+    lb_port = port_factory()
     cfg_path = tmp_path / "hushgate.yaml"
     cfg_path.write_text(yaml.safe_dump({
         "data_dir": str(tmp_path / "data"), "database": {"url": db_url, "pool_size": 4},

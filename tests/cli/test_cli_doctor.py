@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import free_port
 
 from control.cli import cli
 
@@ -93,9 +92,9 @@ def test_world_readable_install_is_caught(defaults: CliRunner, tmp_path: Path) -
     assert f"chmod 700 {data}" in result.output or f"chmod 600 {data}" in result.output
 
 
-def test_running_deployment_urls(defaults: CliRunner, umask: None) -> None:
+def test_running_deployment_urls(defaults: CliRunner, umask: None, port_factory) -> None:
     assert invoke(defaults, "init").exit_code == 0
-    port = free_port()
+    port = port_factory()
     result = invoke(defaults, "doctor", "--url-proxy", f"http://127.0.0.1:{port}")
     assert result.exit_code == 1
     assert "running.proxy" in result.output and "cannot be reached" in result.output
