@@ -7,12 +7,14 @@
 # Runs as an unprivileged user (uid 10001), with a read-only root filesystem (`--read-only`,
 # compose's read_only): everything it writes is in /var/lib/hushgate (the data volume:
 # database, keys, audit head) and /tmp (a tmpfs). The base must be Debian trixie (Python
-# 3.13); without a registry, deploy/container/build-base.sh makes one with mmdebstrap.
+# 3.13); without a registry, deploy/container/build-image.sh makes one with mmdebstrap.
 ARG BASE=docker.io/library/debian:trixie-slim
 FROM ${BASE}
 
 # Python, the CA bundle and tini (reaps children, forwards SIGTERM). An imported base made by
-# build-base.sh has them already and needs no network here.
+# build-image.sh has them already and needs no network here. Not pinned: the suite's
+# current packages, security updates included.
+# hadolint ignore=DL3008
 RUN set -eu; \
     if ! command -v python3 >/dev/null || ! command -v tini >/dev/null \
        || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then \
