@@ -159,24 +159,23 @@ def farm(tmp_path: Path, backend: str, db_url: str, port_factory) -> Iterator[Fa
 
 
 def ask(farm: Farm, i: int) -> int:
-    """One request through HAProxy, alternating SDKs and streaming; its output tokens."""
+    """One request through HAProxy, alternating SDKs and streaming (each client closed)."""
     if i % 2:
-        with farm.anthropic().messages.stream(
+        with farm.anthropic() as client, client.messages.stream(
                 model="claude-test", max_tokens=32,
                 messages=[{"role": "user", "content": f"hello {i}"}]) as stream:
-            text = "".join(stream.text_stream)
-        assert text
+            assert "".join(stream.text_stream)
         return 1
-    client = farm.openai()
-    if i % 4 == 0:
-        chunks = list(client.chat.completions.create(
-            model="gpt-test", stream=True, max_tokens=32,
-            messages=[{"role": "user", "content": f"hello {i}"}]))
-        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        return 1
-    reply = client.chat.completions.create(
-        model="gpt-test", max_tokens=32, messages=[{"role": "user", "content": f"hi {i}"}])
-    assert reply.choices[0].message.content
+    with farm.openai() as client:
+        if i % 4 == 0:
+            with client.chat.completions.create(
+                    model="gpt-test", stream=True, max_tokens=32,
+                    messages=[{"role": "user", "content": f"hello {i}"}]) as chunks:
+                assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            return 1
+        reply = client.chat.completions.create(
+            model="gpt-test", max_tokens=32, messages=[{"role": "user", "content": f"hi {i}"}])
+        assert reply.choices[0].message.content
     return 1
 
 
