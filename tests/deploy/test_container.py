@@ -132,11 +132,11 @@ def test_compose_stack_serves_a_streamed_request(stack) -> None:
     hushgate("wallet", "topup", account, "5")
     key = json.loads(hushgate("keys", "create", account, "--json").stdout)["key"]
 
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{ports['proxy']}/v1", api_key=key,
-                           max_retries=0)
-    stream = client.chat.completions.create(
-        model="sim-gpt", messages=[{"role": "user", "content": "hello"}], stream=True)
-    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    with openai.OpenAI(base_url=f"http://127.0.0.1:{ports['proxy']}/v1", api_key=key,
+                       max_retries=0) as client, client.chat.completions.create(
+            model="sim-gpt", messages=[{"role": "user", "content": "hello"}],
+            stream=True) as stream:
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text.strip()
 
     # charged exactly once, on PostgreSQL: balance == Σ ledger, nothing held

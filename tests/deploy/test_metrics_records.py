@@ -34,13 +34,16 @@ def test_scrape_equals_the_records_of_real_traffic(config_factory, db_url, monke
         config = config_factory(db_url, proxy={"record_flush_ms": 20}, **catalog(sim.base_url))
         db = Database.from_config(config)
         account_id, key_id, key = setup_account(config, db, 10_000_000)
-        with ProxyServer(config, db) as proxy:
-            oa = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=key, max_retries=0)
-            an = anthropic.Anthropic(base_url=proxy.url, api_key=key, max_retries=0)
+        with ProxyServer(config, db) as proxy, \
+                openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=key, max_retries=0) as oa, \
+                anthropic.Anthropic(base_url=proxy.url, api_key=key, max_retries=0) as an, \
+                openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=key[:-4] + "AAAA",
+                              max_retries=0) as wrong:
             oa.chat.completions.create(model="gpt-test", max_tokens=20,
                                        messages=[{"role": "user", "content": "hi"}])
-            list(oa.chat.completions.create(model="gpt-test", max_tokens=20, stream=True,
-                                            messages=[{"role": "user", "content": "hi"}]))
+            with oa.chat.completions.create(model="gpt-test", max_tokens=20, stream=True,
+                                            messages=[{"role": "user", "content": "hi"}]) as st:
+                list(st)
             oa.embeddings.create(model="embed-test", input="some text")
             with an.messages.stream(model="claude-test", max_tokens=20,
                                     messages=[{"role": "user", "content": "hi"}]) as s:
@@ -49,9 +52,8 @@ def test_scrape_equals_the_records_of_real_traffic(config_factory, db_url, monke
                 oa.chat.completions.create(model="no-such-model-from-a-client",
                                            messages=[{"role": "user", "content": "hi"}])
             with pytest.raises(openai.AuthenticationError):
-                openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=key[:-4] + "AAAA",
-                              max_retries=0).chat.completions.create(
-                    model="gpt-test", messages=[{"role": "user", "content": "hi"}])
+                wrong.chat.completions.create(model="gpt-test",
+                                              messages=[{"role": "user", "content": "hi"}])
             assert proxy.drain(20)
         with db.read_transaction() as session:
             recs = [records.record_dict(r) for r in
