@@ -31,6 +31,116 @@ PG_ADMIN_URL = os.environ.get("HUSHGATE_TEST_PG", "postgresql://postgres@127.0.0
 BACKENDS = ["sqlite", "postgresql"]
 
 
+# -- nothing left behind ------------------------------------------------------------------
+# Every test stops what it starts. At the end of the session the run fails if a child
+# process of pytest is still alive or pytest itself still holds a listening TCP socket;
+# each leftover is named with the first test after which it was seen.
+
+
+def _children() -> dict[int, str]:
+    """Live (non-zombie) child processes of this process: pid -> command line."""
+    pids: set[int] = set()
+    for path in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        try:
+            pids.update(int(p) for p in path.read_text().split())
+        except OSError:
+            continue
+    out = {}
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip()
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            out[pid] = cmd.decode(errors="replace")[:120]
+    return out
+
+
+def _listening_sockets() -> dict[int, str]:
+    """TCP sockets in LISTEN state that this process holds open: inode -> address."""
+    inodes = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    out = {}
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/self/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[9]) in inodes:  # 0A = LISTEN
+                out[int(fields[9])] = f"{table} port {int(fields[1].rpartition(':')[2], 16)}"
+    return out
+
+
+class _Leftovers:
+    def __init__(self) -> None:
+        self.baseline = set(_children()), set(_listening_sockets())
+        self.first_seen: dict[tuple[str, int], str] = {}
+
+    def after_test(self, nodeid: str) -> None:
+        for kind, now, base in (("process", _children(), self.baseline[0]),
+                                ("socket", _listening_sockets(), self.baseline[1])):
+            for ident in set(now) - base:
+                self.first_seen.setdefault((kind, ident), nodeid)
+
+    def remaining(self, grace: float = 5.0) -> list[str]:
+        """What is still there after ``grace`` seconds for things already stopping."""
+        import time
+
+        deadline = time.monotonic() + grace
+        while True:
+            procs = {k: v for k, v in _children().items() if k not in self.baseline[0]}
+            socks = {k: v for k, v in _listening_sockets().items() if k not in self.baseline[1]}
+            if not (procs or socks) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        where = self.first_seen.get
+        return ([f"child process {pid} ({cmd}), first seen after "
+                 f"{where(('process', pid), 'the last test')}" for pid, cmd in procs.items()]
+                + [f"listening {addr}, first seen after {where(('socket', ino), 'the last test')}"
+                   for ino, addr in socks.items()])
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_LEFTOVERS] = _Leftovers()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    yield
+    leftovers = item.config.stash.get(_LEFTOVERS, None)
+    if leftovers is not None:
+        leftovers.after_test(item.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    leftovers = session.config.stash.get(_LEFTOVERS, None)
+    if leftovers is None:
+        return
+    remaining = leftovers.remaining()
+    if remaining:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        text = "tests left these behind (each test must stop what it starts):\n  " + \
+            "\n  ".join(remaining)
+        if reporter is not None:
+            reporter.write_sep("=", "leftovers", red=True)
+            reporter.write_line(text)
+        else:
+            print(text)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_LEFTOVERS = pytest.StashKey[_Leftovers]()
+
+
 def _pg_url(dbname: str) -> str:
     base, _, _ = PG_ADMIN_URL.rpartition("/")
     return f"{base}/{dbname}"
@@ -166,6 +276,25 @@ def free_port() -> int:
 
 
 @pytest.fixture
+def port_factory() -> Any:
+    """``port_factory()`` -> a free loopback TCP port. (Test modules can't import from
+    ``conftest``: several conftest.py files share that module name.)"""
+    return free_port
+
+
+@pytest.fixture
+def config_factory(tmp_path: Path) -> Any:
+    """``config_factory(db_url, **overrides)`` -> :func:`make_config` in this tmp_path."""
+    return lambda url, **overrides: make_config(tmp_path, url, **overrides)
+
+
+@pytest.fixture
+def pg_admin() -> Any:
+    """``(execute, url_of)``: run SQL as the PostgreSQL admin; the URL of a database name."""
+    return _pg_exec, _pg_url
+
+
+@pytest.fixture
 def smtp_server() -> Iterator[tuple[Inbox, int]]:
     """A real SMTP server (aiosmtpd) on a free loopback port; yields (inbox, port)."""
     from aiosmtpd.controller import Controller
@@ -180,9 +309,16 @@ def smtp_server() -> Iterator[tuple[Inbox, int]]:
         controller.stop()
 
 
-@pytest.fixture
-def test_ca(tmp_path: Path) -> dict[str, str]:
-    """A throwaway CA and a leaf for localhost/127.0.0.1 signed by it, as PEM files.
+def make_pki(directory: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")
+             ) -> dict[str, str]:
+    """A throwaway CA and a server leaf for ``hosts`` signed by it, as PEM files in
+    ``directory``.
+
+    Both certificates carry what strict verification requires (Python 3.13 turns on
+    ``VERIFY_X509_STRICT`` in ``ssl.create_default_context``): the CA a critical
+    basicConstraints, keyUsage keyCertSign/cRLSign and a subject key identifier; the leaf an
+    authority key identifier, its own key identifier, the names as subjectAltName, keyUsage
+    digitalSignature and extendedKeyUsage serverAuth.
 
     Returns the paths of ``ca.pem``, ``cert.pem``, ``key.pem`` (unencrypted) and
     ``other_key.pem`` (a key that does not match the certificate).
@@ -193,7 +329,7 @@ def test_ca(tmp_path: Path) -> dict[str, str]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     def name(cn: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
@@ -203,21 +339,45 @@ def test_ca(tmp_path: Path) -> dict[str, str]:
                                  serialization.PrivateFormat.PKCS8,
                                  serialization.NoEncryption())
 
+    def usage(*, cert_sign: bool) -> x509.KeyUsage:
+        return x509.KeyUsage(digital_signature=not cert_sign, content_commitment=False,
+                             key_encipherment=False, data_encipherment=False,
+                             key_agreement=False, key_cert_sign=cert_sign, crl_sign=cert_sign,
+                             encipher_only=False, decipher_only=False)
+
+    def san(host: str) -> x509.GeneralName:
+        try:
+            return x509.IPAddress(ipaddress.ip_address(host))
+        except ValueError:
+            return x509.DNSName(host)
+
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
     ca = (x509.CertificateBuilder().subject_name(name("hushgate control test CA"))
           .issuer_name(name("hushgate control test CA")).public_key(ca_key.public_key())
           .serial_number(x509.random_serial_number()).not_valid_before(now)
           .not_valid_after(now + dt.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(usage(cert_sign=True), critical=True)
+          .add_extension(ca_ski, critical=False)
+          .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+                         critical=False)
           .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject)
+    leaf = (x509.CertificateBuilder().subject_name(name(hosts[0])).issuer_name(ca.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(usage(cert_sign=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .add_extension(x509.SubjectAlternativeName([san(h) for h in hosts]),
+                           critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+                           critical=False)
             .sign(ca_key, hashes.SHA256()))
     files = {"ca.pem": ca.public_bytes(serialization.Encoding.PEM),
              "cert.pem": leaf.public_bytes(serialization.Encoding.PEM),
@@ -225,6 +385,12 @@ def test_ca(tmp_path: Path) -> dict[str, str]:
              "other_key.pem": pem_key(ec.generate_private_key(ec.SECP256R1()))}
     paths = {}
     for file_name, data in files.items():
-        (tmp_path / file_name).write_bytes(data)
-        paths[file_name] = str(tmp_path / file_name)
+        (directory / file_name).write_bytes(data)
+        paths[file_name] = str(directory / file_name)
     return paths
+
+
+@pytest.fixture
+def test_ca(tmp_path: Path) -> dict[str, str]:
+    """``make_pki`` in this test's tmp_path: a CA and a leaf for localhost/127.0.0.1."""
+    return make_pki(tmp_path)

@@ -160,7 +160,13 @@ DEFAULTS: dict[str, Any] = {
         "timeout_seconds": 20,
     },
     # Prometheus metrics; owned by the self-hosting work
-    "metrics": {},
+    "metrics": {
+        "enabled": True,
+        "token_env": "HUSHGATE_METRICS_TOKEN",
+        "token_file": None,
+        "loopback_without_token": True,
+        "multiprocess_dir": None,
+    },
 }
 
 
