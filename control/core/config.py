@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import jsonschema
 import yaml
 
+from control.core import files
 from control.core.errors import ConfigError
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -121,7 +122,8 @@ DEFAULTS: dict[str, Any] = {
         "session_secret_file": None,
         "session_secret_env": "HUSHGATE_SESSION_SECRET",
     },
-    "audit": {"head_file": None},
+    "audit": {"head_file": None, "anchor_syslog": None, "anchor_https": None,
+              "anchor_ca_file": None, "anchor_timeout_seconds": 5},
     "policy": {
         "operator_name": "hushgate operator",
         "contact_email": "privacy@example.com",
@@ -264,6 +266,17 @@ class Config:
                                                self.data_dir / "session-secret.key")
         return self._secrets["session"]
 
+    def audit_key_would_be_generated(self) -> Path | None:
+        """The path a new audit key would be generated at, if reading it now would do that
+        (no key in the environment, no configured file, none generated yet); else None."""
+        s = self.raw["secrets"]
+        env = s.get("audit_hmac_key_env")
+        if (env and os.environ.get(env)) or s.get("audit_hmac_key_file") \
+                or "audit" in self._secrets:
+            return None
+        path = self.data_dir / "audit-hmac.key"
+        return None if path.exists() else path
+
     def audit_head_path(self) -> Path:
         head = self.raw["audit"].get("head_file")
         return Path(head) if head else self.data_dir / "audit-head.log"
@@ -274,13 +287,17 @@ def _secret(env: str | None, file: str | None, generated: Path) -> bytes:
         return os.environ[env].encode()
     path = Path(file) if file else generated
     if path.exists():
-        value = path.read_bytes().strip()
+        files.check_secret_file(path)
+        try:
+            value = path.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from None
         if len(value) < 32:
             raise ConfigError(f"secret file {path} holds fewer than 32 bytes")
         return value
     if file:
         raise ConfigError(f"secret file {path} does not exist")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    files.private_dir(path.parent)
     value = secrets.token_hex(32).encode()
     # Write a private temp file, then hard-link it into place: the link is atomic and fails
     # if another process won the race, in which case its complete secret is used.
