@@ -266,6 +266,21 @@ class Config:
                                                self.data_dir / "session-secret.key")
         return self._secrets["session"]
 
+    def secure_files(self) -> None:
+        """Private files at start: the data folder 0700; the head file, the JSON-lines sink
+        and generated secrets 0600 (looser ones are tightened with a warning; a secret file
+        others can read is refused when it is read). SQLite files: ``Database``."""
+        if self.data_dir.exists():
+            files.private_dir(self.data_dir)
+        for path in (self.audit_head_path(), self.proxy.get("records_jsonl")):
+            if path and Path(path).exists():
+                files.private_file(Path(path))
+        s = self.raw["secrets"]
+        for configured, generated in ((s.get("audit_hmac_key_file"), "audit-hmac.key"),
+                                      (s.get("session_secret_file"), "session-secret.key")):
+            files.check_secret_file(Path(configured) if configured
+                                    else self.data_dir / generated)
+
     def audit_key_would_be_generated(self) -> Path | None:
         """The path a new audit key would be generated at, if reading it now would do that
         (no key in the environment, no configured file, none generated yet); else None."""

@@ -102,6 +102,7 @@ class Database:
     def from_config(cls, config: Any) -> Database:
         """The configured database; refuses to run with a lost audit key (see
         ``check_audit_key``)."""
+        config.secure_files()
         db = config.raw["database"]
         database = cls(config.database_url, pool_size=db["pool_size"], echo=db["echo"],
                        head_file=(config.audit_head_path(), config.audit_hmac_key))
