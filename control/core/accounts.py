@@ -17,7 +17,7 @@ from control.core.base import utcnow
 from control.core.context import Ctx
 from control.core.errors import Conflict, NotFound, ValidationError
 from control.core.keys import bump_keys_counter
-from control.core.models import Account, ApiKey, User, WebSession
+from control.core.models import Account, ApiKey, User
 
 EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
                       r"[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
@@ -161,8 +161,16 @@ def update_account(ctx: Ctx, account_id: str, **changes: Any) -> Account:
     return account
 
 
+def _sessions() -> Any:
+    # sessions imports this module (passwords); the dependency back is only at call time
+    from control.core import sessions
+
+    return sessions
+
+
 def set_account_status(ctx: Ctx, account_id: str, status: str) -> Account:
-    """Disable (keys stop working within ~1 s) or re-enable an account."""
+    """Disable (keys stop working within ~1 s, portal sessions end at once) or re-enable an
+    account. The one place this rule lives: the UI, the API and the CLI all call it."""
     if status not in ("active", "disabled"):
         raise ValidationError("status must be active or disabled", "status")
     account = get_account(ctx.session, account_id)
@@ -174,6 +182,8 @@ def set_account_status(ctx: Ctx, account_id: str, status: str) -> Account:
         ctx.session.flush()
         ctx.audit(Action.ACCOUNT_ENABLED if status == "active" else Action.ACCOUNT_DISABLED,
                   "account", account.id)
+    if account.status == "disabled":
+        _sessions().revoke_principal(ctx, "account", account.id)
     return account
 
 
@@ -188,15 +198,6 @@ def set_preferences(ctx: Ctx, account_id: str, *, opt_out_non_essential: bool) -
     return account
 
 
-def end_sessions(session: Session, kind: str, principal_id: str) -> int:
-    result = session.execute(update(WebSession)
-                             .where(WebSession.principal_kind == kind,
-                                    WebSession.principal_id == principal_id,
-                                    WebSession.revoked_at.is_(None))
-                             .values(revoked_at=utcnow()))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-
 def delete_account(ctx: Ctx, account_id: str) -> Account:
     """Access ends at once: keys revoked, sessions ended, requests refused. Personal data is
     erased after the configured grace window by the retention job (or at once by an admin)."""
@@ -207,7 +208,7 @@ def delete_account(ctx: Ctx, account_id: str) -> Account:
     ctx.session.execute(update(ApiKey).where(ApiKey.account_id == account.id,
                                              ApiKey.status == "active")
                         .values(status="revoked", revoked_at=now))
-    end_sessions(ctx.session, "account", account.id)
+    _sessions().revoke_principal(ctx, "account", account.id)
     account.status, account.deleted_at, account.updated_at = "deleted", now, now
     bump_keys_counter(ctx.session)
     ctx.session.flush()

@@ -40,6 +40,7 @@ from control.web.forms import (
     new_idempotency_key,
     optional_datetime,
     optional_int,
+    query_int,
 )
 from control.web.qr import qr_svg
 
@@ -161,7 +162,7 @@ def dashboard() -> Any:
 @bp.get("/records")
 @admin_required()
 def records() -> Any:
-    before = request.args.get("before", type=int)
+    before = query_int("before")
     account_id = request.args.get("account") or None
     with hg().reader() as db:
         rows = stats.recent_records(db, limit=PAGE, account_id=account_id, before_id=before)
@@ -179,7 +180,7 @@ def account_list() -> Any:
     status = request.args.get("status") or None
     if status not in (None, "active", "disabled", "deleted", "erased"):
         status = None
-    page = max(request.args.get("page", 1, type=int) or 1, 1)
+    page = query_int("page", 1, minimum=1, maximum=2**40) or 1
     with hg().reader() as db:
         rows = accounts.list_accounts(db, search=q or None, status=status, limit=PAGE + 1,
                                       offset=(page - 1) * PAGE)
@@ -270,9 +271,7 @@ def account_status(account_id: str) -> Any:
     status = field("status", 16)
 
     def run(ctx: Any) -> None:
-        account = accounts.set_account_status(ctx, account_id, status)
-        if account.status == "disabled":
-            sessions.revoke_principal(ctx, "account", account.id)
+        accounts.set_account_status(ctx, account_id, status)
 
     return _act(account_id, run, f"Account {'enabled' if status == 'active' else 'disabled'}.")
 
@@ -389,7 +388,7 @@ def wallet_adjust(account_id: str) -> Any:
 @bp.get("/accounts/<account_id>/ledger")
 @admin_required()
 def ledger(account_id: str) -> Any:
-    before = request.args.get("before", type=int)
+    before = query_int("before")
     with hg().reader() as db:
         account = _load_account(db, account_id)
         rows = wallet.history(db, account.id, limit=PAGE, before_id=before)
@@ -405,7 +404,7 @@ def ledger(account_id: str) -> Any:
 def audit_log() -> Any:
     filters = {k: (request.args.get(k) or "").strip()[:100] or None
                for k in ("action", "actor", "target_id")}
-    before = request.args.get("before", type=int)
+    before = query_int("before")
     with hg().reader() as db:
         rows = audit.list_events(db, limit=PAGE, before_seq=before, **filters)
     return render_template("web/audit.html", rows=rows, filters=filters,

@@ -23,7 +23,7 @@ from control.core.errors import HushgateError, NotFound, ValidationError
 from control.web.admin import dashboard_charts
 from control.web.auth import account_actor, account_required, begin, current_account, finish
 from control.web.ext import hg
-from control.web.forms import error_status, errors_of, field
+from control.web.forms import error_status, errors_of, field, query_int
 
 bp = Blueprint("portal", __name__, template_folder="templates")
 PAGE = 50
@@ -154,7 +154,7 @@ def key_revoke(key_id: str) -> Any:
 @bp.get("/ledger")
 @account_required
 def ledger() -> Any:
-    before = request.args.get("before", type=int)
+    before = query_int("before")
     with hg().reader() as db:
         balance = wallet.get_balance(db, _me().id)
         rows = wallet.history(db, _me().id, limit=PAGE, before_id=before)
