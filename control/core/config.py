@@ -54,6 +54,8 @@ DEFAULTS: dict[str, Any] = {
         "session_absolute_hours": 12,
         "login_max_attempts": 5,
         "login_window_seconds": 300,
+        "login_client_free_attempts": 5,
+        "login_max_delay_seconds": 300,
         "payment_webhook_secret_env": "HUSHGATE_PAYMENT_WEBHOOK_SECRET",
         "payment_webhook_tolerance_seconds": 300,
     },

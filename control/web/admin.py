@@ -26,10 +26,13 @@ from control.web.auth import (
     abandon,
     admin_required,
     begin,
+    client_address,
+    current_sid,
     current_user,
     finish,
     pending_sign_in,
     safe_next,
+    throttled_response,
     user_actor,
 )
 from control.web.ext import hg
@@ -68,15 +71,17 @@ def login() -> Any:
             sessions.end(db, earlier[0])
         try:
             signed_in = sessions.sign_in(db, hg().config, "user", field("username", 64),
-                                         request.form.get("password") or "")
+                                         request.form.get("password") or "",
+                                         client=client_address(), replaces=current_sid())
         except (sessions.SignInRefused, sessions.SignInThrottled) as exc:
             error = exc
     if error is not None:
         if earlier is not None:
             abandon()
-        status = 429 if isinstance(error, sessions.SignInThrottled) else 401
-        return render_template("web/login.html", next=next_url,
-                               errors={"_": str(error)}), status
+        page = render_template("web/login.html", next=next_url, errors={"_": str(error)})
+        if isinstance(error, sessions.SignInThrottled):
+            return throttled_response(page, error)
+        return page, 401
     begin(signed_in.token, signed_in.kind, signed_in.principal_id)
     if signed_in.needs_code:
         return redirect(url_for("web.login_code", next=next_url))
@@ -441,16 +446,22 @@ def retention_run() -> Any:
     return redirect(url_for("web.retention"))
 
 
-@bp.get("/operators")
-@admin_required()
-def operators() -> Any:
+def _operators_page(new_token: str | None = None, errors: dict[str, str] | None = None,
+                    status: int = 200) -> Any:
+    """Operators and tokens; a viewer sees only their own tokens, on every path."""
     user = current_user()
     assert user is not None
     with hg().reader() as db:
         users = admin_tokens.list_users(db)
         tokens = admin_tokens.list_tokens(db, None if user.role == "admin" else user.id)
-    return render_template("web/operators.html", users=users, tokens=tokens, new_token=None,
-                           errors={})
+    return render_template("web/operators.html", users=users, tokens=tokens,
+                           new_token=new_token, errors=errors or {}), status
+
+
+@bp.get("/operators")
+@admin_required()
+def operators() -> Any:
+    return _operators_page()
 
 
 @bp.post("/tokens")
@@ -463,15 +474,8 @@ def token_create() -> Any:
             _, raw = admin_tokens.create_token(ctx, user.id, scope=field("scope", 8) or "read",
                                                name=field("name", 100) or None)
     except HushgateError as exc:
-        with hg().reader() as db:
-            users, tokens = admin_tokens.list_users(db), admin_tokens.list_tokens(db)
-        return render_template("web/operators.html", users=users, tokens=tokens,
-                               new_token=None, errors=errors_of(exc)), error_status(exc)
-    with hg().reader() as db:
-        users = admin_tokens.list_users(db)
-        tokens = admin_tokens.list_tokens(db, None if user.role == "admin" else user.id)
-    return render_template("web/operators.html", users=users, tokens=tokens, new_token=raw,
-                           errors={})
+        return _operators_page(errors=errors_of(exc), status=error_status(exc))
+    return _operators_page(new_token=raw)
 
 
 @bp.post("/tokens/<key_id>/revoke")

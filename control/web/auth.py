@@ -120,6 +120,21 @@ def pending_sign_in() -> tuple[str, str] | None:
     return None
 
 
+def current_sid() -> str | None:
+    """The id of the session this browser already has (signed in, or half-way), if any."""
+    return _session().sid
+
+
+def client_address() -> str | None:
+    """The address sign-in throttling counts against (the peer of this connection)."""
+    return request.remote_addr
+
+
+def throttled_response(body: Any, exc: sessions.SignInThrottled) -> Any:
+    """A 429 page with ``Retry-After``."""
+    return body, 429, {"Retry-After": str(exc.retry_after)}
+
+
 def abandon() -> None:
     """Drop the cookie of a session that has already ended in the database."""
     _session().end()
