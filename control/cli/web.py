@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -22,7 +23,7 @@ password_file_option = click.option(
 def read_password(source: Any, label: str) -> str:
     """The new password from ``--password-file``, a hidden prompt, or piped stdin."""
     if source is None:
-        stdin = click.get_text_stream("stdin")
+        stdin = sys.stdin
         if stdin.isatty():
             return str(click.prompt(label, hide_input=True, confirmation_prompt=True))
         source = stdin
