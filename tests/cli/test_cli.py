@@ -101,7 +101,9 @@ def test_tour(run, account):
      "already exists"),
     (("keys", "create", "ACCOUNT", "--model", "gpt-99"), "unknown model 'gpt-99'"),
     (("keys", "create", "ACCOUNT", "--expires", "2001-01-01"), "expiry is in the past"),
-    (("keys", "create", "ACCOUNT", "--expires", "someday"), "not an ISO date"),
+    (("keys", "create", "ACCOUNT", "--expires", "someday"), "ISO 8601"),
+    (("keys", "create", "ACCOUNT", "--expires", "9999-12-31T23:59:59-14:00"), "out of range"),
+    (("wallet", "topup", "ACCOUNT", "5", "--reference", "r" * 101), "longer than 100"),
     (("keys", "revoke", "doesnotexist"), "unknown key"),
     (("accounts", "update", "ACCOUNT"), "nothing to update"),
 ])
