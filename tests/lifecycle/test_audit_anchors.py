@@ -91,8 +91,14 @@ class _Syslog(socketserver.ThreadingTCPServer):
     def __init__(self, tls: ssl.SSLContext | None) -> None:
         self.messages: list[str] = []
         self.tls = tls
-        self.got = threading.Event()
+        self.arrived = threading.Condition()
         super().__init__(("127.0.0.1", 0), _SyslogHandler)
+
+    def wait_for(self, n: int, timeout: float = 5.0) -> list[str]:
+        """The first ``n`` messages (a connection is handled in its own thread)."""
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: len(self.messages) >= n, timeout)
+            return list(self.messages)
 
     def get_request(self):  # type: ignore[no-untyped-def]
         sock, addr = super().get_request()
@@ -104,12 +110,14 @@ class _Syslog(socketserver.ThreadingTCPServer):
 class _SyslogHandler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         data = self.rfile.read()
+        server = self.server
         while data:
             length, _, rest = data.partition(b" ")
             n = int(length)
-            self.server.messages.append(rest[:n].decode())  # type: ignore[attr-defined]
+            with server.arrived:  # type: ignore[attr-defined]
+                server.messages.append(rest[:n].decode())  # type: ignore[attr-defined]
+                server.arrived.notify_all()  # type: ignore[attr-defined]
             data = rest[n:]
-        self.server.got.set()  # type: ignore[attr-defined]
 
 
 class _Https(http.server.ThreadingHTTPServer):
@@ -192,8 +200,7 @@ def test_a_head_reaches_a_tcp_syslog_listener_as_rfc5424(tmp_path, db_url, syslo
 
     entry = audit.anchor(db, config)
     anchors.push_syslog(f"tcp://127.0.0.1:{syslog_tcp.server_address[1]}", entry)
-    assert syslog_tcp.got.wait(5)
-    [msg] = syslog_tcp.messages
+    [msg] = syslog_tcp.wait_for(1)
     assert msg.startswith("<85>1 ") and " hushgate - audit-head - {" in msg
     assert parse_line(msg, config.audit_hmac_key()) == entry
 
@@ -205,13 +212,13 @@ def test_purges_push_signed_heads_and_verify_checks_them(anchored, db, syslog_tl
     append_events(db, config, monkeypatch, days_ago(0), n=3)
     report = retention.run_retention(db, config)  # the scheduled job, and every purge
     assert report.head_problem is None
-    assert syslog_tls.got.wait(5) and len(https_sink.bodies) == 1
+    [msg] = syslog_tls.wait_for(1)
+    assert len(https_sink.bodies) == 1
     pushed = https_sink.bodies[0]["hushgate_audit_head"]
-    [msg] = syslog_tls.messages
     assert parse_line(msg, config.audit_hmac_key()).as_dict() == pushed  # the same signed head
     assert pushed["seq"] == sql(db, "SELECT last_seq FROM audit_state")[0][0]
     collected = tmp_path / "collected.log"
-    collected.write_text("\n".join(syslog_tls.messages) + "\n")
+    collected.write_text(msg + "\n")
     assert "audit chain intact" in run("audit", "verify", "--anchors", str(collected)).output
 
     # Someone with the database *and* the data folder rolls both back consistently: an old
@@ -221,7 +228,7 @@ def test_purges_push_signed_heads_and_verify_checks_them(anchored, db, syslog_tl
     old_head = config.audit_head_path().read_text()
     append_events(db, config, monkeypatch, days_ago(0), n=2)
     retention.run_retention(db, config)
-    collected.write_text("\n".join(syslog_tls.messages) + "\n")
+    collected.write_text("\n".join(syslog_tls.wait_for(2)) + "\n")
     drop_audit_triggers(db)
     sql(db, "DELETE FROM audit_events WHERE seq > :s", s=old_state[0])
     sql(db, "UPDATE audit_state SET last_seq = :a, last_hash = :b, checkpoint_seq = :c, "
