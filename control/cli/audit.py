@@ -63,6 +63,8 @@ def head(as_json: bool) -> None:
         entry = audit.anchor(st.require_schema(), st.config)
     except audit_head.HeadFileError as exc:
         raise click.ClickException(f"audit head not anchored: {exc}") from None
+    except OSError as exc:
+        raise click.ClickException(f"audit head not anchored: {exc.strerror}") from None
     if as_json:
         emit_json(entry.as_dict())
         return

@@ -379,6 +379,9 @@ def verdict(db: Database, config: Config, anchors_file: Path | None = None) -> V
         except (audit_head.HeadFileError, AuditStateTampered) as exc:
             return VerifyResult(False, result.checked, result.head_seq, result.head_hash,
                                 str(exc))
+        except OSError as exc:
+            return VerifyResult(False, result.checked, result.head_seq, result.head_hash,
+                                f"cannot write the head file {head_path}: {exc.strerror}")
     return result
 
 
