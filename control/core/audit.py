@@ -248,7 +248,8 @@ def iter_events(session: Session, batch: int = 1000,
 
 
 def verify(session: Session, key: bytes, head_path: Path | None = None,
-           anchors: list[audit_head.HeadEntry] | None = None) -> VerifyResult:
+           anchors: list[audit_head.HeadEntry] | None = None, *,
+           allow_unsigned: bool = False) -> VerifyResult:
     """Recompute the chain from the checkpoint (or genesis) to the signed head.
 
     Without ``head_path`` this checks only what the database holds (the signed state row, the
@@ -267,7 +268,8 @@ def verify(session: Session, key: bytes, head_path: Path | None = None,
         return VerifyResult(False, checked, head_seq, head_hash, problem, bad_seq)
 
     if state.state_sig is None:
-        if state.last_seq or state.checkpoint_seq or state.anchored_seq:
+        if (state.last_seq or state.checkpoint_seq or state.anchored_seq) \
+                and not allow_unsigned:
             return fail("the audit state is not signed: it was changed outside hushgate")
     elif not _state_ok(key, state):
         return fail("the audit state was changed outside hushgate, or the audit key is not "
@@ -358,6 +360,28 @@ def anchor(db: Database, config: Config) -> audit_head.HeadEntry:
                             .values(anchored_seq=entry.seq))
             _sign_state(session, key)
     return entry
+
+
+def adopt_unsigned_state(db: Database, config: Config) -> VerifyResult | None:
+    """After upgrading to migration 0007: sign a state row that predates signing, once the
+    chain it describes verifies (and agrees with the head file, when there is one). None
+    when there was nothing to adopt. Run by `hushgate init`, i.e. by the operator."""
+    key, head_path = config.audit_hmac_key(), config.audit_head_path()
+    with db.read_transaction() as session:
+        state = session.get(AuditState, 1)
+        if state is None or state.state_sig is not None or not state.last_seq:
+            return None
+        result = verify(session, key, head_path if head_path.exists() else None,
+                        allow_unsigned=True)
+    if result.ok:
+        with db.transaction() as session:
+            row = session.execute(select(*_STATE_COLUMNS).where(AuditState.id == 1)
+                                  .with_for_update()).one()
+            if row.state_sig is None and (row.last_seq, row.last_hash) == (
+                    result.head_seq, result.head_hash):
+                _sign_state(session, key)
+        anchor(db, config)
+    return result
 
 
 def verdict(db: Database, config: Config, anchors_file: Path | None = None) -> VerifyResult:

@@ -138,3 +138,18 @@ def test_every_purge_anchors_and_verify_still_passes(cli_run, db, config, monkey
     report = retention.run_retention(db, config)
     assert report.head_problem is None
     cli_run("audit", "verify")
+
+
+def test_init_signs_a_state_from_before_signing_once_its_chain_verifies(cli_run, db, history):
+    # What an install upgraded to migration 0007 looks like: events, an unsigned state row.
+    drop_audit_triggers(db)
+    sql(db, "UPDATE audit_state SET state_sig = NULL, anchored_seq = 0 WHERE id = 1")
+    assert "not signed" in cli_run("audit", "verify", ok=False).output
+    assert "audit state signed: 7 events verified" in cli_run("init").output
+    assert "audit chain intact: 7 events" in cli_run("audit", "verify").output
+    # A chain that doesn't verify is not adopted.
+    sql(db, "UPDATE audit_state SET state_sig = NULL WHERE id = 1")
+    sql(db, "DELETE FROM audit_events WHERE seq = 3")
+    out = cli_run("init").output
+    assert "audit state signed" not in out
+    assert "not signed" in cli_run("audit", "verify", ok=False).output
