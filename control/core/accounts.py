@@ -217,6 +217,12 @@ def set_preferences(ctx: Ctx, account_id: str, *, opt_out_non_essential: bool) -
     return account
 
 
+def end_sessions(session: Session, kind: str, principal_id: str) -> int:
+    """Deprecated, kept for callers not yet moved: use ``sessions.revoke_principal`` (it
+    audits). The same mechanism (``sessions.end_all``)."""
+    return int(_sessions().end_all(session, kind, principal_id))
+
+
 def delete_account(ctx: Ctx, account_id: str) -> Account:
     """Access ends at once: keys revoked, sessions ended, requests refused. Personal data is
     erased after the configured grace window by the retention job (or at once by an admin)."""

@@ -113,17 +113,27 @@ def end(session: Session, sid: str) -> None:
                     .values(revoked_at=utcnow()))
 
 
-def revoke_principal(ctx: Ctx, kind: str, principal_id: str) -> int:
-    """End every session of a principal (an admin action, audited when any was live).
-
-    For an operator this includes a sign-in waiting for its second factor."""
+def end_all(session: Session, kind: str, principal_id: str,
+            keep: str | None = None) -> int:
+    """End every live session of a principal except ``keep`` (for an operator, including a
+    sign-in waiting for its second factor); the count. Prefer ``revoke_principal``, which
+    audits: this is its mechanism."""
     kinds = (kind, PENDING) if kind == "user" else (kind,)
-    result = ctx.session.execute(update(WebSession)
-                                 .where(WebSession.principal_kind.in_(kinds),
-                                        WebSession.principal_id == principal_id,
-                                        WebSession.revoked_at.is_(None))
-                                 .values(revoked_at=utcnow()))
-    count = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    q = update(WebSession).where(WebSession.principal_kind.in_(kinds),
+                                 WebSession.principal_id == principal_id,
+                                 WebSession.revoked_at.is_(None))
+    if keep:
+        q = q.where(WebSession.id != keep)
+    result = session.execute(q.values(revoked_at=utcnow()))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def revoke_principal(ctx: Ctx, kind: str, principal_id: str, *,
+                     keep: str | None = None) -> int:
+    """End every session of a principal (but ``keep``, the stored id of the one in use) and
+    audit it when any was live: the one way every service and front end ends sessions
+    (disabling or deleting an account, a new password, an admin's "end all sessions")."""
+    count = end_all(ctx.session, kind, principal_id, keep)
     if count:
         ctx.audit(Action.SESSION_REVOKED, kind, principal_id, count=count)
     return count
