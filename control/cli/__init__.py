@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from control.cli.common import HushgateGroup, State
+from control.core.files import set_private_umask
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -32,4 +33,7 @@ _register()
 
 
 def main() -> None:
+    # Before anything is created: the data folder, databases and their WAL/SHM files, the
+    # JSON-lines sink and secrets are then private even when a library creates them.
+    set_private_umask()
     cli(prog_name="hushgate")

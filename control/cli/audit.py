@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from control.cli.common import emit_json, group, json_option, state
@@ -32,20 +34,15 @@ def list_(action: str | None, target_id: str | None, limit: int, as_json: bool) 
 
 
 @audit_group.command("verify")
+@click.option("--anchors", "anchors_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also check the chain against heads collected from the external anchor "
+                   "sink (syslog lines, a log-service export, head-file lines).")
 @json_option
-def verify(as_json: bool) -> None:
-    """Recompute the HMAC chain and compare it with the head file; exit 1 naming the first bad
-    event if anything was changed or the newest events are missing. Anchors the head."""
+def verify(anchors_file: Path | None, as_json: bool) -> None:
+    """Check the audit history: the HMAC chain, the signed state, the head file (and with
+    --anchors the external heads); exit 1 with the first problem. Anchors the head."""
     st = state()
-    key, head_path = st.config.audit_hmac_key(), st.config.audit_head_path()
-    with st.reader() as session:
-        result = audit.verify(session, key, head_path=head_path)
-    if result.ok:
-        try:
-            audit_head.append_head(head_path, key, result.head_seq, result.head_hash)
-        except audit_head.HeadFileError as exc:
-            result = audit.VerifyResult(False, result.checked, result.head_seq,
-                                        result.head_hash, str(exc))
+    result = audit.verdict(st.require_schema(), st.config, anchors_file=anchors_file)
     if as_json:
         emit_json(result.__dict__)
     if not result.ok:
@@ -62,9 +59,12 @@ def head(as_json: bool) -> None:
     line somewhere outside this host to anchor it: a later verify then proves nothing was
     removed from the end up to that point."""
     st = state()
-    with st.reader() as session:
-        entry = audit_head.anchor(session, st.config.audit_head_path(),
-                                  st.config.audit_hmac_key())
+    try:
+        entry = audit.anchor(st.require_schema(), st.config)
+    except audit_head.HeadFileError as exc:
+        raise click.ClickException(f"audit head not anchored: {exc}") from None
+    except OSError as exc:
+        raise click.ClickException(f"audit head not anchored: {exc.strerror}") from None
     if as_json:
         emit_json(entry.as_dict())
         return

@@ -8,7 +8,7 @@ import secrets
 import click
 
 from control.cli.common import state
-from control.core import accounts, schema
+from control.core import accounts, audit, schema
 
 #: The environment variable a script sets to give the first admin's password.
 ADMIN_PASSWORD_ENV = "HUSHGATE_ADMIN_PASSWORD"
@@ -30,6 +30,13 @@ def init_command(admin_name: str, password_env: str) -> None:
     st.config.session_secret()
     click.echo(f"database at revision {after}" + ("" if before == after else
                                                      f" (was {before or 'empty'})"))
+    adopted = audit.adopt_unsigned_state(db, st.config)
+    if adopted is not None and adopted.ok:
+        click.echo(f"audit state signed: {adopted.checked} events verified")
+    elif adopted is not None:
+        click.echo(f"warning: the existing audit chain does not verify ({adopted.problem}); "
+                   "its state was left unsigned, so `hushgate audit verify` keeps failing",
+                   err=True)
     if not ensure_first_admin(admin_name, password_env):
         click.echo("admin user exists; nothing else to do")
 

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import click
 
 from control.cli.common import emit_json, group, json_option, state
-from control.core import accounts, keys
-from control.core.errors import ValidationError
+from control.core import accounts, keys, validation
 from control.core.money import parse_amount
 
 keys_group = group("keys", "Issue, list, revoke and rotate API keys.")
 
 
 def _parse_expiry(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValidationError(f"expiry {value[:40]!r} is not an ISO date or datetime",
-                              "expires") from None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
+    """The same rule as the API and the UI (``control.core.validation``)."""
+    return validation.parse_datetime(value, "expires")
 
 
 @keys_group.command("create")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from control.cli.common import emit_json, group, json_option, state
-from control.core import accounts, wallet
+from control.core import accounts, validation, wallet
 from control.core.money import format_amount, parse_amount
 
 wallet_group = group("wallet", "Top up, adjust and inspect prepaid wallets.")
@@ -34,6 +34,8 @@ def topup(account: str, amount: str, idempotency_key: str | None, reference: str
           minor: bool) -> None:
     """Credit AMOUNT (e.g. 25 or 12.50) to an account's wallet."""
     value = _amount(amount, minor)
+    if reference is not None:
+        validation.check_text(reference, "reference", 100)  # the ledger column's limit
     with state().unit_of_work() as ctx:
         a = accounts.get_account(ctx.session, account)
         entry, created = wallet.topup(ctx, a.id, value, idempotency_key=idempotency_key,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import click
 
 from control.cli.common import emit_json, group, json_option, state
@@ -10,17 +13,52 @@ from control.core import accounts, admin_tokens, totp
 users_group = group("users", "Control-plane operators (admins and read-only viewers).")
 
 
+password_file_option = click.option(
+    "--password-file", type=click.File("r"), default=None,
+    help="Read the password from this file's first line ('-' for stdin). Default: a hidden "
+         "prompt on a terminal, else the first line of stdin. Never on the command line, "
+         "where `ps` would show it.")
+
+
+def read_password(source: Any, label: str) -> str:
+    """The new password from ``--password-file``, a hidden prompt, or piped stdin."""
+    if source is None:
+        stdin = sys.stdin
+        if stdin.isatty():
+            return str(click.prompt(label, hide_input=True, confirmation_prompt=True))
+        source = stdin
+    password = source.readline().rstrip("\r\n")
+    if not password:
+        raise click.ClickException("no password given (the first line was empty)")
+    return password
+
+
 @users_group.command("create")
 @click.argument("username")
 @click.option("--role", type=click.Choice(["admin", "viewer"]), default="admin",
               show_default=True)
-@click.password_option(help="Password (prompted when omitted).")
-def users_create(username: str, role: str, password: str) -> None:
+@password_file_option
+def users_create(username: str, role: str, password_file: Any) -> None:
     """Create an operator who signs in at /admin/."""
+    password = read_password(password_file, f"password for {username}")
     with state().unit_of_work() as ctx:
         user = accounts.create_user(ctx, username=username, password=password, role=role)
         user_id = user.id
     click.echo(f"created {role} {username} ({user_id})")
+
+
+@users_group.command("set-password")
+@click.argument("username")
+@password_file_option
+def users_set_password(username: str, password_file: Any) -> None:
+    """Give USERNAME a new password (their sessions end). Audited."""
+    password = read_password(password_file, f"new password for {username}")
+    with state().unit_of_work() as ctx:
+        user = accounts.get_user_by_name(ctx.session, username)
+        if user is None:
+            raise click.ClickException(f"unknown user {username!r}")
+        accounts.set_user_password(ctx, user.id, password)
+    click.echo(f"password changed for {username}; their sessions have ended")
 
 
 @users_group.command("list")

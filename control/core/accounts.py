@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import datetime
 from typing import Any
@@ -10,14 +11,14 @@ import bcrypt
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from control.core import notify
+from control.core import notify, validation
 from control.core import wallet as wallet_service
 from control.core.audit import Action
 from control.core.base import utcnow
 from control.core.context import Ctx
 from control.core.errors import Conflict, NotFound, ValidationError
 from control.core.keys import bump_keys_counter
-from control.core.models import Account, ApiKey, User, WebSession
+from control.core.models import Account, ApiKey, User
 
 EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
                       r"[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
@@ -47,22 +48,37 @@ def _clean_text(value: str | None, field: str, *, required: bool, max_len: int =
     return value
 
 
-def hash_password(password: str, cost: int) -> str:
+def check_new_password(password: str | None, *avoid: str | None) -> str:
+    """A new password must be 10+ characters of at least 4 different ones, at most 72 bytes
+    (bcrypt's limit), storable text, and not the name or e-mail it protects."""
     if not password or len(password) < MIN_PASSWORD:
         raise ValidationError(f"password must be at least {MIN_PASSWORD} characters", "password")
+    validation.check_text(password, "password")
     if len(password.encode()) > 72:
         raise ValidationError("password must be at most 72 bytes", "password")
+    lowered = password.strip().lower()
+    if len(set(password)) < 4 or any(a and lowered == a.strip().lower() for a in avoid):
+        raise ValidationError("password is too easy to guess", "password")
+    return password
+
+
+def hash_password(password: str, cost: int, *avoid: str | None) -> str:
+    check_new_password(password, *avoid)
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=cost)).decode()
 
 
-_DUMMY = bcrypt.hashpw(b"hushgate-dummy-password", bcrypt.gensalt(rounds=4))
+@functools.cache
+def _dummy_hash(cost: int) -> bytes:
+    """A hash at the configured cost, made once per process, for names that don't exist."""
+    return bcrypt.hashpw(b"hushgate-dummy-password", bcrypt.gensalt(rounds=cost))
 
 
-def check_password(password: str, stored: str | None) -> bool:
-    """Constant-ish time: a missing user still pays a bcrypt verify."""
-    pw = (password or "").encode()[:72]
+def check_password(password: str, stored: str | None, cost: int = 12) -> bool:
+    """A missing user (``stored`` None) pays the same bcrypt verify as a real one, at
+    ``cost`` (pass ``auth.bcrypt_cost``): sign-in time says nothing about which names exist."""
+    pw = (password or "").encode("utf-8", "replace")[:72]
     if not stored:
-        bcrypt.checkpw(pw, _DUMMY)
+        bcrypt.checkpw(pw, _dummy_hash(cost))
         return False
     return bcrypt.checkpw(pw, stored.encode())
 
@@ -91,7 +107,10 @@ def create_account(ctx: Ctx, *, name: str, email: str, company: str | None = Non
     company_v = _clean_text(company, "company", required=False)
     if _email_taken(ctx.session, email_v):
         raise Conflict("an account with this email already exists")
-    pw_hash = hash_password(password, ctx.config.auth["bcrypt_cost"]) if password else None
+    # None: an account made by an operator, without portal sign-in. A given password (even
+    # an empty one, e.g. from the sign-up form) must pass the rules.
+    pw_hash = (hash_password(password, ctx.config.auth["bcrypt_cost"], email_v, name_v)
+               if password is not None else None)
     account = Account(name=name_v, email=email_v, company=company_v, status="active",
                       adult_attested_at=utcnow(), password_hash=pw_hash,
                       opt_out_non_essential=opt_out_non_essential)
@@ -161,8 +180,16 @@ def update_account(ctx: Ctx, account_id: str, **changes: Any) -> Account:
     return account
 
 
+def _sessions() -> Any:
+    # sessions imports this module (passwords); the dependency back is only at call time
+    from control.core import sessions
+
+    return sessions
+
+
 def set_account_status(ctx: Ctx, account_id: str, status: str) -> Account:
-    """Disable (keys stop working within ~1 s) or re-enable an account."""
+    """Disable (keys stop working within ~1 s, portal sessions end at once) or re-enable an
+    account. The one place this rule lives: the UI, the API and the CLI all call it."""
     if status not in ("active", "disabled"):
         raise ValidationError("status must be active or disabled", "status")
     account = get_account(ctx.session, account_id)
@@ -174,6 +201,8 @@ def set_account_status(ctx: Ctx, account_id: str, status: str) -> Account:
         ctx.session.flush()
         ctx.audit(Action.ACCOUNT_ENABLED if status == "active" else Action.ACCOUNT_DISABLED,
                   "account", account.id)
+    if account.status == "disabled":
+        _sessions().revoke_principal(ctx, "account", account.id)
     return account
 
 
@@ -189,12 +218,9 @@ def set_preferences(ctx: Ctx, account_id: str, *, opt_out_non_essential: bool) -
 
 
 def end_sessions(session: Session, kind: str, principal_id: str) -> int:
-    result = session.execute(update(WebSession)
-                             .where(WebSession.principal_kind == kind,
-                                    WebSession.principal_id == principal_id,
-                                    WebSession.revoked_at.is_(None))
-                             .values(revoked_at=utcnow()))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    """Deprecated, kept for callers not yet moved: use ``sessions.revoke_principal`` (it
+    audits). The same mechanism (``sessions.end_all``)."""
+    return int(_sessions().end_all(session, kind, principal_id))
 
 
 def delete_account(ctx: Ctx, account_id: str) -> Account:
@@ -207,7 +233,7 @@ def delete_account(ctx: Ctx, account_id: str) -> Account:
     ctx.session.execute(update(ApiKey).where(ApiKey.account_id == account.id,
                                              ApiKey.status == "active")
                         .values(status="revoked", revoked_at=now))
-    end_sessions(ctx.session, "account", account.id)
+    _sessions().revoke_principal(ctx, "account", account.id)
     account.status, account.deleted_at, account.updated_at = "deleted", now, now
     bump_keys_counter(ctx.session)
     ctx.session.flush()
@@ -239,10 +265,24 @@ def create_user(ctx: Ctx, *, username: str, password: str, role: str = "admin") 
     if ctx.session.scalar(select(User.id).where(User.username == username)):
         raise Conflict(f"user {username!r} already exists")
     user = User(username=username, role=role,
-                password_hash=hash_password(password, ctx.config.auth["bcrypt_cost"]))
+                password_hash=hash_password(password, ctx.config.auth["bcrypt_cost"],
+                                            username))
     ctx.session.add(user)
     ctx.session.flush()
     ctx.audit(Action.USER_CREATED, "user", user.id, username=username, role=role)
+    return user
+
+
+def set_user_password(ctx: Ctx, user_id: str, password: str) -> User:
+    """A new password for an operator; every session they had ends. Audited (no secret)."""
+    user = ctx.session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"unknown user {user_id[:32]!r}")
+    user.password_hash = hash_password(password, ctx.config.auth["bcrypt_cost"],
+                                       user.username)
+    ctx.session.flush()
+    ctx.audit(Action.USER_PASSWORD_CHANGED, "user", user.id)
+    _sessions().revoke_principal(ctx, "user", user.id)
     return user
 
 

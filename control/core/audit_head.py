@@ -9,9 +9,12 @@ and hash) to this file, and ``verify`` refuses a chain that is shorter than, or 
 the highest head ever written.
 
 Each line is JSON with an HMAC over its content and the previous line's HMAC, so a database
-editor (who has no file access) can't forge it, and an edited line is detected. Deleting the
-file's last lines is not detectable from the file alone: copy ``hushgate audit head`` output
-somewhere else (a ticket, a log service, an ``chattr +a`` file) to anchor it externally.
+editor (who has no file access) can't forge it, and an edited line is detected. The database
+appends the new head after every commit that recorded events (``Database``), and each append
+writes the file's last head into the *signed* audit state, so a removed, emptied or cut-back
+head file is detected by verify too. What no local file can prove is that someone with both
+database and file access didn't reset everything to an older consistent point: the external
+anchors (``control.core.anchors``) push the same signed lines off the machine.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -32,6 +36,12 @@ from control.core.base import utcnow
 from control.core.models import AuditState
 
 GENESIS_MAC = "0" * 64
+#: ``Session.info`` keys: where this database's head file is, and "events were recorded".
+SESSION_PATH = "hushgate_audit_head_path"
+SESSION_PENDING = "hushgate_audit_head_pending"
+TAIL_BYTES = 4096
+
+log = logging.getLogger("hushgate.audit")
 
 
 class HeadFileError(Exception):
@@ -140,6 +150,96 @@ def append_head(path: Path, key: bytes, seq: int, chain_hash: str,
 
 
 def anchor(session: Session, path: Path, key: bytes) -> HeadEntry:
-    """Append the database's current head to the head file."""
+    """Append the database's current head to the head file (the file only: prefer
+    ``control.core.audit.anchor``, which also records it in the signed state)."""
     seq, chain_hash = database_head(session)
     return append_head(path, key, seq, chain_hash)
+
+
+def _tail(fh: object, key: bytes) -> HeadEntry | None:
+    """The last line of an open head file, its MAC checked (not its link to the line before).
+    Raises HeadFileError when that line is malformed or forged."""
+    fd = fh.fileno()  # type: ignore[attr-defined]
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return None
+    start = max(0, size - TAIL_BYTES)
+    chunk = os.pread(fd, size - start, start).decode("utf-8", "replace")
+    lines = [ln for ln in chunk.splitlines() if ln.strip()]
+    if not lines or (start and len(lines) < 2):
+        raise HeadFileError("the head file's last line is malformed")
+    try:
+        data = json.loads(lines[-1])
+        entry = HeadEntry(seq=int(data["seq"]), hash=str(data["hash"]), at=str(data["at"]),
+                          prev=str(data["prev"]), mac=str(data["mac"]))
+    except (ValueError, KeyError, TypeError):
+        raise HeadFileError("the head file's last line is malformed") from None
+    if not hmac.compare_digest(_mac(key, entry.seq, entry.hash, entry.at, entry.prev),
+                               entry.mac):
+        raise HeadFileError("the head file's last line was modified")
+    return entry
+
+
+def tail_seq(path: Path, key: bytes) -> int | None:
+    """The seq of the head file's last (MAC-checked) line, or None: cheap, for every append."""
+    try:
+        with path.open("rb") as fh:
+            entry = _tail(fh, key)
+    except (OSError, HeadFileError):
+        return None
+    return entry.seq if entry else None
+
+
+def append_committed(path: Path, key: bytes, seq: int, chain_hash: str) -> None:
+    """After a commit that recorded events: append its head unless a later one is already
+    there (concurrent commits finish in any order). Never raises: the commit stands, and a
+    head file that can't be written is reported by verify."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "r+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            last = _tail(fh, key)
+            if last is not None and seq <= last.seq:
+                if seq == last.seq and chain_hash != last.hash:
+                    log.error("audit head %d differs from the head file's", seq)
+                return
+            prev = last.mac if last else GENESIS_MAC
+            stamp = utcnow().isoformat(timespec="seconds")
+            entry = HeadEntry(seq=seq, hash=chain_hash, at=stamp, prev=prev,
+                              mac=_mac(key, seq, chain_hash, stamp, prev))
+            fh.write((json.dumps(entry.as_dict(), sort_keys=True) + "\n").encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+    except (OSError, HeadFileError) as exc:
+        log.error("audit head %d not written to the head file: %s", seq,
+                  getattr(exc, "strerror", None) or exc)
+
+
+def parse_line(line: str, key: bytes) -> HeadEntry | None:
+    """A signed head found anywhere in ``line`` (a head-file line, or a syslog / log-service
+    line carrying one), or None if there is none or its MAC is wrong."""
+    idx = line.find("{")
+    if idx < 0:
+        return None
+    try:
+        data, _ = json.JSONDecoder().raw_decode(line[idx:])
+        entry = HeadEntry(seq=int(data["seq"]), hash=str(data["hash"]), at=str(data["at"]),
+                          prev=str(data["prev"]), mac=str(data["mac"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not hmac.compare_digest(_mac(key, entry.seq, entry.hash, entry.at, entry.prev),
+                               entry.mac):
+        return None
+    return entry
+
+
+def read_anchors(path: Path, key: bytes) -> list[HeadEntry]:
+    """Every correctly signed head in a file collected from an external sink (syslog lines,
+    a log-service export, head-file lines). Lines without a valid head are skipped: they
+    can't be forged without the key, only lost."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise HeadFileError(f"cannot read the anchors file {path}: {exc.strerror}") from None
+    return [e for e in (parse_line(ln, key) for ln in text.splitlines()) if e is not None]

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import jsonschema
 import yaml
 
+from control.core import files
 from control.core.errors import ConfigError
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -55,6 +56,8 @@ DEFAULTS: dict[str, Any] = {
         "session_absolute_hours": 12,
         "login_max_attempts": 5,
         "login_window_seconds": 300,
+        "login_client_free_attempts": 5,
+        "login_max_delay_seconds": 300,
         "payment_webhook_secret_env": "HUSHGATE_PAYMENT_WEBHOOK_SECRET",
         "payment_webhook_tolerance_seconds": 300,
     },
@@ -130,7 +133,8 @@ DEFAULTS: dict[str, Any] = {
         "session_secret_file": None,
         "session_secret_env": "HUSHGATE_SESSION_SECRET",
     },
-    "audit": {"head_file": None},
+    "audit": {"head_file": None, "anchor_syslog": None, "anchor_https": None,
+              "anchor_ca_file": None, "anchor_timeout_seconds": 5},
     "policy": {
         "operator_name": "hushgate operator",
         "contact_email": "privacy@example.com",
@@ -290,6 +294,32 @@ class Config:
                                                self.data_dir / "session-secret.key")
         return self._secrets["session"]
 
+    def secure_files(self) -> None:
+        """Private files at start: the data folder 0700; the head file, the JSON-lines sink
+        and generated secrets 0600 (looser ones are tightened with a warning; a secret file
+        others can read is refused when it is read). SQLite files: ``Database``."""
+        if self.data_dir.exists():
+            files.private_dir(self.data_dir)
+        for path in (self.audit_head_path(), self.proxy.get("records_jsonl")):
+            if path and Path(path).exists():
+                files.private_file(Path(path))
+        s = self.raw["secrets"]
+        for configured, generated in ((s.get("audit_hmac_key_file"), "audit-hmac.key"),
+                                      (s.get("session_secret_file"), "session-secret.key")):
+            files.check_secret_file(Path(configured) if configured
+                                    else self.data_dir / generated)
+
+    def audit_key_would_be_generated(self) -> Path | None:
+        """The path a new audit key would be generated at, if reading it now would do that
+        (no key in the environment, no configured file, none generated yet); else None."""
+        s = self.raw["secrets"]
+        env = s.get("audit_hmac_key_env")
+        if (env and os.environ.get(env)) or s.get("audit_hmac_key_file") \
+                or "audit" in self._secrets:
+            return None
+        path = self.data_dir / "audit-hmac.key"
+        return None if path.exists() else path
+
     def audit_head_path(self) -> Path:
         head = self.raw["audit"].get("head_file")
         return Path(head) if head else self.data_dir / "audit-head.log"
@@ -300,13 +330,17 @@ def _secret(env: str | None, file: str | None, generated: Path) -> bytes:
         return os.environ[env].encode()
     path = Path(file) if file else generated
     if path.exists():
-        value = path.read_bytes().strip()
+        files.check_secret_file(path)
+        try:
+            value = path.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from None
         if len(value) < 32:
             raise ConfigError(f"secret file {path} holds fewer than 32 bytes")
         return value
     if file:
         raise ConfigError(f"secret file {path} does not exist")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    files.private_dir(path.parent)
     value = secrets.token_hex(32).encode()
     # Write a private temp file, then hard-link it into place: the link is atomic and fails
     # if another process won the race, in which case its complete secret is used.

@@ -12,17 +12,19 @@ stale snapshot; ``read_transaction()`` uses a deferred ``BEGIN`` so readers don'
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from control.core import audit_head, files
 from control.core.errors import ConfigError
+from control.core.models import AuditState
 
 
 def normalize_url(url: str) -> str:
@@ -47,7 +49,7 @@ def create_db_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> En
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            files.private_database(Path(parsed.database))
         engine = create_engine(url, echo=echo, hide_parameters=True,
                                connect_args={"timeout": 30}, pool_size=pool_size,
                                max_overflow=pool_size)
@@ -78,20 +80,38 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 class Database:
-    """Owns one engine and its session factories."""
+    """Owns one engine and its session factories.
 
-    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+    With ``head_file`` (the head file and a way to get the audit key), every commit that
+    recorded audit events appends the new chain head to the head file once it is durable,
+    and the audit service folds the file's last head into the signed audit state."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False,
+                 head_file: tuple[Path, Callable[[], bytes]] | None = None) -> None:
         self.url = normalize_url(url)
         self.engine = create_db_engine(self.url, pool_size=pool_size, echo=echo)
         self.dialect = self.engine.dialect.name
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        info = {audit_head.SESSION_PATH: head_file[0]} if head_file else {}
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False, info=info)
         reader = self.engine.execution_options(sqlite_begin="DEFERRED")
         self._readers = sessionmaker(reader, expire_on_commit=False)
+        if head_file is not None:
+            _anchor_after_commit(self._sessions, *head_file)
 
     @classmethod
     def from_config(cls, config: Any) -> Database:
+        """The configured database; refuses to run with a lost audit key (see
+        ``check_audit_key``)."""
+        config.secure_files()
         db = config.raw["database"]
-        return cls(config.database_url, pool_size=db["pool_size"], echo=db["echo"])
+        database = cls(config.database_url, pool_size=db["pool_size"], echo=db["echo"],
+                       head_file=(config.audit_head_path(), config.audit_hmac_key))
+        try:
+            check_audit_key(database, config)
+        except BaseException:
+            database.dispose()
+            raise
+        return database
 
     @property
     def sessions(self) -> sessionmaker[Session]:
@@ -120,6 +140,45 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _anchor_after_commit(factory: sessionmaker[Session], path: Path,
+                         key: Callable[[], bytes]) -> None:
+    @event.listens_for(factory, "before_commit")
+    def _head(session: Session) -> None:
+        if session.info.pop(audit_head.SESSION_PENDING, False):
+            row = session.execute(select(AuditState.last_seq, AuditState.last_hash)
+                                  .where(AuditState.id == 1)).one()
+            session.info["hushgate_audit_head_write"] = (int(row.last_seq), str(row.last_hash))
+
+    @event.listens_for(factory, "after_commit")
+    def _write(session: Session) -> None:
+        head = session.info.pop("hushgate_audit_head_write", None)
+        if head is not None:
+            audit_head.append_committed(path, key(), *head)
+
+    @event.listens_for(factory, "after_rollback")
+    def _forget(session: Session) -> None:
+        session.info.pop(audit_head.SESSION_PENDING, None)
+        session.info.pop("hushgate_audit_head_write", None)
+
+
+def check_audit_key(db: Database, config: Any) -> None:
+    """Refuse to start when the audit key would have to be generated although the database
+    already holds an audit chain: a new key would make the whole history unverifiable, and
+    it would hide that the old key was lost. The key is never regenerated."""
+    path = config.audit_key_would_be_generated()
+    if path is None:
+        return
+    try:
+        with db.read_transaction() as session:
+            events = session.scalar(select(AuditState.last_seq).where(AuditState.id == 1))
+    except (DBAPIError, SQLAlchemyError):
+        return  # no schema yet (before `hushgate init`) or unreachable: nothing to protect
+    if events:
+        raise ConfigError(f"the audit key file {path} is missing but the database holds "
+                          f"an audit chain of {events} events: restore the key from your "
+                          "backup (hushgate never generates a new one over an existing chain)")
 
 
 def database_url_from_env() -> str | None:

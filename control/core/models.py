@@ -330,7 +330,8 @@ class AuditEvent(Base):
 
 
 class AuditState(Base):
-    """The single row that serializes audit appends: the chain head and the purge checkpoint."""
+    """The single row that serializes audit appends: the chain head, the purge checkpoint,
+    the highest head known to be in the head file, and an HMAC over all of them."""
 
     __tablename__ = "audit_state"
 
@@ -340,6 +341,24 @@ class AuditState(Base):
     checkpoint_seq: Mapped[int] = mapped_column(BigId, default=0)
     checkpoint_hash: Mapped[str | None] = mapped_column(String(64))
     checkpoint_sig: Mapped[str | None] = mapped_column(String(64))
+    anchored_seq: Mapped[int] = mapped_column(BigId, default=0)
+    state_sig: Mapped[str | None] = mapped_column(String(64))
+
+
+class PaymentEvent(Base):
+    """Each payment-processor event received, by its own id (idempotent across accounts):
+    credited once, or refused (deleted/erased account) and kept for the operator."""
+
+    __tablename__ = "payment_events"
+
+    event_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    account_id: Mapped[str | None] = mapped_column(String(32))
+    amount: Mapped[int] = mapped_column(Money)
+    outcome: Mapped[str] = mapped_column(String(16))  # credited|refused
+    reason: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[created_at]
+
+    __table_args__ = (CheckConstraint("outcome IN ('credited','refused')", name="outcome"),)
 
 
 # -- infrastructure -------------------------------------------------------------------------

@@ -90,6 +90,19 @@ class Kind:
     subject: str
     body: str
     params: dict[str, Callable[[Any], str]] = field(default_factory=dict)
+    # Values computed at delivery only, never stored (e.g. a link's secret half).
+    derive: Callable[[Config, dict[str, str]], dict[str, str]] | None = None
+
+
+def _password_link(config: Config, params: dict[str, str]) -> dict[str, str]:
+    # The link's MAC is recomputed from the stored token id at delivery (see
+    # control.core.passwords): the outbox holds only the id.
+    from control.core import passwords  # type: ignore[attr-defined,unused-ignore]
+
+    return {"link": passwords.link(config, params["token_id"])}
+
+
+TOKEN_ID = _pattern(r"[0-9A-Za-z_-]{16,64}")
 
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
@@ -112,6 +125,16 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          "The $operator privacy policy was updated on $last_updated.\n"
          "Please read the new version; questions go to $contact.",
          {"last_updated": DATE}),
+    Kind("password_reset", True, "security", "Reset your $operator password",
+         "Someone asked to reset the password of your $operator account.\n"
+         "To choose a new one, open this link within $minutes minutes (it works once):\n"
+         "$link\n\nIf it wasn't you, ignore this message: your password stays as it is.",
+         {"token_id": TOKEN_ID, "minutes": _int(1, 100_000)}, _password_link),
+    Kind("account_invite", True, "security", "Set the password of your $operator account",
+         "An account was created for you at $operator.\n"
+         "To choose your password, open this link within $hours hours (it works once):\n"
+         "$link\n\nQuestions go to $contact.",
+         {"token_id": TOKEN_ID, "hours": _int(1, 100_000)}, _password_link),
     Kind("product_update", False, "product", "News from $operator",
          "$title\n\nThere is more in the $operator control panel.",
          {"title": _plain_text(200)}),
@@ -152,6 +175,8 @@ def render(config: Config, k: Kind, params: dict[str, str]) -> tuple[str, str]:
     """(subject, body) from the template, the validated parameters and the configuration."""
     values = {**params, "operator": config.policy["operator_name"],
               "contact": config.policy["contact_email"]}
+    if k.derive is not None:
+        values.update(k.derive(config, params))
     subject = Template(k.subject).safe_substitute(values)
     body = Template(k.body).safe_substitute(values)
     footer = _ESSENTIAL_FOOTER if k.essential else _OPTIONAL_FOOTER

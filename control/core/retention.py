@@ -249,14 +249,17 @@ def run_retention(db: Database, config: Config, *, dry_run: bool = False,
 
 
 def anchor_head(db: Database, config: Config) -> str | None:
-    """Append the current chain head to the head file; returns a problem or None."""
+    """Append the current chain head to the head file (recorded in the signed state) and
+    push it to the external anchor sinks; returns a problem or None."""
+    from control.core import anchors
+
     try:
-        with db.read_transaction() as s:
-            audit_head.anchor(s, config.audit_head_path(), config.audit_hmac_key())
-    except audit_head.HeadFileError as exc:
+        entry = audit.anchor(db, config)
+    except (audit_head.HeadFileError, audit.AuditStateTampered) as exc:
         log.error("audit head not anchored: %s", exc)
         return str(exc)
-    return None
+    problems = anchors.push(config, entry)
+    return "; ".join(problems) or None
 
 
 # -- status for the control plane -----------------------------------------------------------

@@ -113,17 +113,27 @@ def end(session: Session, sid: str) -> None:
                     .values(revoked_at=utcnow()))
 
 
-def revoke_principal(ctx: Ctx, kind: str, principal_id: str) -> int:
-    """End every session of a principal (an admin action, audited when any was live).
-
-    For an operator this includes a sign-in waiting for its second factor."""
+def end_all(session: Session, kind: str, principal_id: str,
+            keep: str | None = None) -> int:
+    """End every live session of a principal except ``keep`` (for an operator, including a
+    sign-in waiting for its second factor); the count. Prefer ``revoke_principal``, which
+    audits: this is its mechanism."""
     kinds = (kind, PENDING) if kind == "user" else (kind,)
-    result = ctx.session.execute(update(WebSession)
-                                 .where(WebSession.principal_kind.in_(kinds),
-                                        WebSession.principal_id == principal_id,
-                                        WebSession.revoked_at.is_(None))
-                                 .values(revoked_at=utcnow()))
-    count = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    q = update(WebSession).where(WebSession.principal_kind.in_(kinds),
+                                 WebSession.principal_id == principal_id,
+                                 WebSession.revoked_at.is_(None))
+    if keep:
+        q = q.where(WebSession.id != keep)
+    result = session.execute(q.values(revoked_at=utcnow()))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def revoke_principal(ctx: Ctx, kind: str, principal_id: str, *,
+                     keep: str | None = None) -> int:
+    """End every session of a principal (but ``keep``, the stored id of the one in use) and
+    audit it when any was live: the one way every service and front end ends sessions
+    (disabling or deleting an account, a new password, an admin's "end all sessions")."""
+    count = end_all(ctx.session, kind, principal_id, keep)
     if count:
         ctx.audit(Action.SESSION_REVOKED, kind, principal_id, count=count)
     return count
@@ -150,6 +160,18 @@ def purge_expired(session: Session, config: Config, now: datetime | None = None)
 
 
 # -- sign-in throttling ---------------------------------------------------------------------
+#
+# Two budgets, both counted in ``login_failures`` under HMAC subjects (never a name or an
+# address) within ``login_window_seconds``:
+#
+# - per client (IP): after ``login_client_free_attempts`` failures, each further attempt
+#   from that client must wait twice as long as the one before after its last failure (up to
+#   ``login_max_delay_seconds``): a spray of many names from one client is slowed to a crawl;
+# - per name: once a name has ``login_max_attempts`` failures, clients that have themselves
+#   been failing are refused for that long too. A client that hasn't been failing still gets
+#   its attempt, so nobody can keep an operator out by failing on purpose (no hard lockout).
+#
+# A refusal is a 429 with ``retry_after``; nothing sleeps on the server.
 
 
 def login_subject(config: Config, kind: str, name: str) -> str:
@@ -158,23 +180,63 @@ def login_subject(config: Config, kind: str, name: str) -> str:
     return hmac.new(config.session_secret(), msg, hashlib.sha256).hexdigest()
 
 
+def client_subject(config: Config, client: str | None) -> str | None:
+    """The throttling subject of a client address (None when unknown)."""
+    return login_subject(config, "client", client) if client else None
+
+
+def _failures(session: Session, subject: str, since: datetime) -> tuple[int, datetime | None]:
+    count, last = session.execute(select(func.count(), func.max(LoginFailure.created_at))
+                                  .where(LoginFailure.subject == subject,
+                                         LoginFailure.created_at >= since)).one()
+    return int(count or 0), last
+
+
+def _delay(config: Config, excess: int) -> int:
+    return int(min(2 ** max(excess, 0), config.control["login_max_delay_seconds"]))
+
+
+def retry_after(session: Session, config: Config, subject: str, client: str | None = None,
+                now: datetime | None = None) -> int:
+    """Seconds the next attempt for ``subject`` from ``client`` must wait (0: go ahead)."""
+    c = config.control
+    now = now or utcnow()
+    since = now - timedelta(seconds=c["login_window_seconds"])
+    waits = [0]
+    client_failures = 0
+    if client is not None:
+        client_failures, last = _failures(session, client, since)
+        free = c["login_client_free_attempts"]
+        if client_failures >= free and last is not None:
+            due = last + timedelta(seconds=_delay(config, client_failures - free))
+            waits.append(int((due - now).total_seconds()) + 1 if due > now else 0)
+    name_failures, last = _failures(session, subject, since)
+    limit = c["login_max_attempts"]
+    if name_failures >= limit and last is not None and (client is None or client_failures):
+        due = last + timedelta(seconds=_delay(config, name_failures - limit))
+        waits.append(int((due - now).total_seconds()) + 1 if due > now else 0)
+    return max(waits)
+
+
 def is_throttled(session: Session, config: Config, subject: str,
                  now: datetime | None = None) -> bool:
-    """True when the subject used up ``login_max_attempts`` within ``login_window_seconds``."""
+    """True when ``subject`` used up ``login_max_attempts`` within ``login_window_seconds``
+    (the second factor's hard limit: only someone with the password gets that far)."""
     c = config.control
     since = (now or utcnow()) - timedelta(seconds=c["login_window_seconds"])
-    count = session.scalar(select(func.count()).select_from(LoginFailure)
-                           .where(LoginFailure.subject == subject,
-                                  LoginFailure.created_at >= since))
-    return int(count or 0) >= c["login_max_attempts"]
+    return _failures(session, subject, since)[0] >= c["login_max_attempts"]
 
 
-def record_failure(session: Session, subject: str) -> None:
+def record_failure(session: Session, subject: str, client: str | None = None) -> None:
     session.add(LoginFailure(subject=subject, created_at=utcnow()))
+    if client is not None:
+        session.add(LoginFailure(subject=client, created_at=utcnow()))
     session.flush()
 
 
 def clear_failures(session: Session, subject: str) -> None:
+    """After a successful sign-in: the name's budget is whole again (the client's is not:
+    signing in to one's own account must not reset a spray)."""
     session.execute(delete(LoginFailure).where(LoginFailure.subject == subject))
 
 
@@ -189,6 +251,10 @@ class SignInRefused(HushgateError):
 
 class SignInThrottled(HushgateError):
     code = "too_many_attempts"
+
+    def __init__(self, message: str, retry_after: int = 60) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class SignInExpired(HushgateError):
@@ -214,18 +280,22 @@ class SignedIn:
 
 
 def sign_in(session: Session, config: Config, kind: str, name: str,
-            password: str) -> SignedIn:
+            password: str, *, client: str | None = None,
+            replaces: str | None = None) -> SignedIn:
     """Check a user's (``kind='user'``) or account holder's (``'account'``) credentials and
-    open a session. Throttled per subject; every outcome audited. A refusal raises after
-    recording the failure, so the caller catches it *inside* its transaction to commit the
-    failure record.
+    open a session. ``client`` (the caller's address) and the name are throttled (see above);
+    every outcome is audited. An unknown or disabled name costs the same bcrypt work as a
+    real one. ``replaces`` is the session the browser already has: a successful sign-in
+    ends it. A refusal raises after recording the failure, so the caller catches it *inside*
+    its transaction to commit the failure record.
 
-    An operator with two-factor sign-in gets a ``PENDING`` session instead, and the failure
-    count is *not* cleared yet: wrong codes keep counting against the same limit, and
-    re-entering the password cannot reset it."""
+    An operator with two-factor sign-in gets a ``PENDING`` session instead."""
     subject = login_subject(config, kind, name)
-    if is_throttled(session, config, subject):
-        raise SignInThrottled("too many failed sign-ins: wait a few minutes and try again")
+    client_sub = client_subject(config, client)
+    wait = retry_after(session, config, subject, client_sub)
+    if wait:
+        raise SignInThrottled(f"too many failed sign-ins: wait {wait} seconds and try again",
+                              wait)
     principal_id: str | None = None
     stored: str | None = None
     needs_code = False
@@ -241,13 +311,15 @@ def sign_in(session: Session, config: Config, kind: str, name: str,
             if "@" in ref and len(ref) <= 254 else None
         if account is not None:
             principal_id, stored = account.id, account.password_hash
-    ok = accounts.check_password(password, stored)
+    ok = accounts.check_password(password, stored, config.auth["bcrypt_cost"])
     actor = Actor(kind, principal_id or "unknown")
     key = config.audit_hmac_key()
     if not ok or principal_id is None:
-        record_failure(session, subject)
+        record_failure(session, subject, client_sub)
         audit.record(session, key, actor, Action.USER_SIGN_IN_FAILED, kind, principal_id)
         raise SignInRefused("wrong name or password")
+    if replaces:
+        end(session, replaces)
     if needs_code:
         return SignedIn(start(session, PENDING, principal_id), PENDING, principal_id)
     return complete_sign_in(session, config, kind, principal_id, subject)

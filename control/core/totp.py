@@ -55,6 +55,11 @@ _FORMAT = "v1"
 _CODE_RE = re.compile(rf"[0-9]{{{DIGITS}}}")
 
 
+#: Wrong codes are counted apart from wrong passwords: only someone who has the password gets
+#: this far, so a hard limit here can't be used by others to lock the operator out.
+CODE_SUBJECT = "user-code"
+
+
 def clock() -> float:
     """Seconds since the epoch; the one place the time steps come from (tests replace it)."""
     return time.time()
@@ -283,7 +288,7 @@ def disable(ctx: Ctx, user_id: str, code: str | None = None,
     by_self = ctx.actor.kind == "user" and ctx.actor.id == user.id
     if by_self:
         if was_on:
-            subject = sessions.login_subject(ctx.config, "user", user.username)
+            subject = sessions.login_subject(ctx.config, CODE_SUBJECT, user.username)
             if sessions.is_throttled(ctx.session, ctx.config, subject):
                 raise sessions.SignInThrottled("too many wrong codes: wait a few minutes "
                                                "and try again")
@@ -323,7 +328,7 @@ def finish_sign_in(session: Session, config: Config, pending_sid: str, code: str
             sessions.end(session, row.id)
         raise sessions.SignInExpired("the sign-in timed out: enter your name and password "
                                      "again")
-    subject = sessions.login_subject(config, "user", user.username)
+    subject = sessions.login_subject(config, CODE_SUBJECT, user.username)
     if sessions.is_throttled(session, config, subject):
         sessions.end(session, row.id)
         raise sessions.SignInThrottled("too many failed sign-ins: wait a few minutes and try "
@@ -339,4 +344,7 @@ def finish_sign_in(session: Session, config: Config, pending_sid: str, code: str
                      Action.USER_SIGN_IN_FAILED, "user", user.id, factor="totp")
         raise InvalidCode()
     sessions.end(session, row.id)
-    return sessions.complete_sign_in(session, config, "user", user.id, subject, factor="totp")
+    sessions.clear_failures(session, subject)
+    return sessions.complete_sign_in(session, config, "user", user.id,
+                                     sessions.login_subject(config, "user", user.username),
+                                     factor="totp")

@@ -16,6 +16,8 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from control.core.config import Config
 from control.core.db import Database
+from control.core.errors import ValidationError
+from control.web import validation as checks
 from control.web.ext import Hushgate, is_loopback
 from control.web.security import add_security_headers
 from control.web.session_store import ServerSessionInterface
@@ -69,6 +71,18 @@ def create_app(config: Config, db: Database | None = None, **flask_config: Any) 
     csrf.exempt(webhooks.bp)
 
     app.after_request(add_security_headers)
+
+    @app.before_request
+    def refuse_unstorable_text() -> Any:
+        try:
+            checks.check_request(request)
+        except ValidationError as exc:
+            return page_error(400, f"The request was refused: {exc}.", "bad_request")
+        return None
+
+    @app.errorhandler(ValidationError)
+    def invalid_input(exc: ValidationError) -> Any:
+        return page_error(400, f"The request was refused: {exc}.", "bad_request")
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc: CSRFError) -> tuple[str, int]:

@@ -26,10 +26,13 @@ from control.web.auth import (
     abandon,
     admin_required,
     begin,
+    client_address,
+    current_sid,
     current_user,
     finish,
     pending_sign_in,
     safe_next,
+    throttled_response,
     user_actor,
 )
 from control.web.ext import hg
@@ -40,6 +43,7 @@ from control.web.forms import (
     new_idempotency_key,
     optional_datetime,
     optional_int,
+    query_int,
 )
 from control.web.qr import qr_svg
 
@@ -67,15 +71,17 @@ def login() -> Any:
             sessions.end(db, earlier[0])
         try:
             signed_in = sessions.sign_in(db, hg().config, "user", field("username", 64),
-                                         request.form.get("password") or "")
+                                         request.form.get("password") or "",
+                                         client=client_address(), replaces=current_sid())
         except (sessions.SignInRefused, sessions.SignInThrottled) as exc:
             error = exc
     if error is not None:
         if earlier is not None:
             abandon()
-        status = 429 if isinstance(error, sessions.SignInThrottled) else 401
-        return render_template("web/login.html", next=next_url,
-                               errors={"_": str(error)}), status
+        page = render_template("web/login.html", next=next_url, errors={"_": str(error)})
+        if isinstance(error, sessions.SignInThrottled):
+            return throttled_response(page, error)
+        return page, 401
     begin(signed_in.token, signed_in.kind, signed_in.principal_id)
     if signed_in.needs_code:
         return redirect(url_for("web.login_code", next=next_url))
@@ -161,7 +167,7 @@ def dashboard() -> Any:
 @bp.get("/records")
 @admin_required()
 def records() -> Any:
-    before = request.args.get("before", type=int)
+    before = query_int("before")
     account_id = request.args.get("account") or None
     with hg().reader() as db:
         rows = stats.recent_records(db, limit=PAGE, account_id=account_id, before_id=before)
@@ -179,7 +185,7 @@ def account_list() -> Any:
     status = request.args.get("status") or None
     if status not in (None, "active", "disabled", "deleted", "erased"):
         status = None
-    page = max(request.args.get("page", 1, type=int) or 1, 1)
+    page = query_int("page", 1, minimum=1, maximum=2**40) or 1
     with hg().reader() as db:
         rows = accounts.list_accounts(db, search=q or None, status=status, limit=PAGE + 1,
                                       offset=(page - 1) * PAGE)
@@ -270,9 +276,7 @@ def account_status(account_id: str) -> Any:
     status = field("status", 16)
 
     def run(ctx: Any) -> None:
-        account = accounts.set_account_status(ctx, account_id, status)
-        if account.status == "disabled":
-            sessions.revoke_principal(ctx, "account", account.id)
+        accounts.set_account_status(ctx, account_id, status)
 
     return _act(account_id, run, f"Account {'enabled' if status == 'active' else 'disabled'}.")
 
@@ -389,7 +393,7 @@ def wallet_adjust(account_id: str) -> Any:
 @bp.get("/accounts/<account_id>/ledger")
 @admin_required()
 def ledger(account_id: str) -> Any:
-    before = request.args.get("before", type=int)
+    before = query_int("before")
     with hg().reader() as db:
         account = _load_account(db, account_id)
         rows = wallet.history(db, account.id, limit=PAGE, before_id=before)
@@ -405,7 +409,7 @@ def ledger(account_id: str) -> Any:
 def audit_log() -> Any:
     filters = {k: (request.args.get(k) or "").strip()[:100] or None
                for k in ("action", "actor", "target_id")}
-    before = request.args.get("before", type=int)
+    before = query_int("before")
     with hg().reader() as db:
         rows = audit.list_events(db, limit=PAGE, before_seq=before, **filters)
     return render_template("web/audit.html", rows=rows, filters=filters,
@@ -416,8 +420,7 @@ def audit_log() -> Any:
 @bp.get("/audit/verify")
 @admin_required()
 def audit_verify() -> Any:
-    with hg().reader() as db:
-        result = audit.verify(db, hg().config.audit_hmac_key())
+    result = audit.verdict(hg().db, hg().config)
     hg().last_verify = {"ok": result.ok, "checked": result.checked,
                         "head_seq": result.head_seq, "problem": result.problem,
                         "at": utcnow()}
@@ -443,16 +446,22 @@ def retention_run() -> Any:
     return redirect(url_for("web.retention"))
 
 
-@bp.get("/operators")
-@admin_required()
-def operators() -> Any:
+def _operators_page(new_token: str | None = None, errors: dict[str, str] | None = None,
+                    status: int = 200) -> Any:
+    """Operators and tokens; a viewer sees only their own tokens, on every path."""
     user = current_user()
     assert user is not None
     with hg().reader() as db:
         users = admin_tokens.list_users(db)
         tokens = admin_tokens.list_tokens(db, None if user.role == "admin" else user.id)
-    return render_template("web/operators.html", users=users, tokens=tokens, new_token=None,
-                           errors={})
+    return render_template("web/operators.html", users=users, tokens=tokens,
+                           new_token=new_token, errors=errors or {}), status
+
+
+@bp.get("/operators")
+@admin_required()
+def operators() -> Any:
+    return _operators_page()
 
 
 @bp.post("/tokens")
@@ -465,15 +474,8 @@ def token_create() -> Any:
             _, raw = admin_tokens.create_token(ctx, user.id, scope=field("scope", 8) or "read",
                                                name=field("name", 100) or None)
     except HushgateError as exc:
-        with hg().reader() as db:
-            users, tokens = admin_tokens.list_users(db), admin_tokens.list_tokens(db)
-        return render_template("web/operators.html", users=users, tokens=tokens,
-                               new_token=None, errors=errors_of(exc)), error_status(exc)
-    with hg().reader() as db:
-        users = admin_tokens.list_users(db)
-        tokens = admin_tokens.list_tokens(db, None if user.role == "admin" else user.id)
-    return render_template("web/operators.html", users=users, tokens=tokens, new_token=raw,
-                           errors={})
+        return _operators_page(errors=errors_of(exc), status=error_status(exc))
+    return _operators_page(new_token=raw)
 
 
 @bp.post("/tokens/<key_id>/revoke")

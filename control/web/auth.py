@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import abort, g, redirect, request, session, url_for
 
@@ -89,10 +90,17 @@ def account_required(view: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def safe_next(target: str | None, default: str) -> str:
-    """Only same-site relative paths (no open redirects)."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return default
+    """Only same-origin absolute paths: ``/`` then not ``/`` or ``\\``, and no whitespace,
+    control character or backslash anywhere (browsers drop tabs and newlines, and treat
+    ``\\`` like ``/``, which would turn ``/\t/evil.example`` into ``//evil.example``)."""
+    if not target or len(target) > 2000 or not target.startswith("/"):
+        return default
+    if any(c == "\\" or c.isspace() or ord(c) < 0x20 or ord(c) == 0x7f for c in target):
+        return default
+    parts = urlsplit(target)
+    if target.startswith("//") or parts.scheme or parts.netloc:
+        return default
+    return target
 
 
 def begin(token: str, kind: str, principal_id: str) -> None:
@@ -110,6 +118,21 @@ def pending_sign_in() -> tuple[str, str] | None:
     if s.sid and s.kind == sessions.PENDING and s.principal_id:
         return s.sid, s.principal_id
     return None
+
+
+def current_sid() -> str | None:
+    """The id of the session this browser already has (signed in, or half-way), if any."""
+    return _session().sid
+
+
+def client_address() -> str | None:
+    """The address sign-in throttling counts against (the peer of this connection)."""
+    return request.remote_addr
+
+
+def throttled_response(body: Any, exc: sessions.SignInThrottled) -> Any:
+    """A 429 page with ``Retry-After``."""
+    return body, 429, {"Retry-After": str(exc.retry_after)}
 
 
 def abandon() -> None:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime
+from datetime import datetime
 
 from flask import request
 
+from control.core import validation
 from control.core.errors import (
     Conflict,
     HushgateError,
     InsufficientFunds,
     NotFound,
-    ValidationError,
 )
 
 
@@ -21,24 +21,20 @@ def field(name: str, max_len: int = 1000) -> str:
 
 
 def optional_int(name: str) -> int | None:
-    raw = field(name, 20)
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValidationError(f"{name} must be a whole number", name) from None
+    return validation.parse_int(field(name, 40), name)
 
 
 def optional_datetime(name: str) -> datetime | None:
-    raw = field(name, 40)
-    if not raw:
-        return None
-    try:
-        dt = datetime.fromisoformat(raw)
-    except ValueError:
-        raise ValidationError(f"{name} must be an ISO date or datetime", name) from None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
+    return validation.parse_datetime(field(name, 64), name)
+
+
+def query_int(name: str, default: int | None = None, minimum: int = 0,
+              maximum: int = validation.INT64_MAX) -> int | None:
+    """A whole-number query parameter (a page, a keyset cursor); ValidationError (a 400
+    page) when it is not one or is out of range."""
+    value = validation.parse_int(request.args.get(name), name, minimum=minimum,
+                                 maximum=maximum)
+    return default if value is None else value
 
 
 def new_idempotency_key() -> str:

@@ -21,9 +21,18 @@ from flask import (
 from control.core import accounts, audit, export, keys, sessions, stats, wallet
 from control.core.errors import HushgateError, NotFound, ValidationError
 from control.web.admin import dashboard_charts
-from control.web.auth import account_actor, account_required, begin, current_account, finish
+from control.web.auth import (
+    account_actor,
+    account_required,
+    begin,
+    client_address,
+    current_account,
+    current_sid,
+    finish,
+    throttled_response,
+)
 from control.web.ext import hg
-from control.web.forms import error_status, errors_of, field
+from control.web.forms import error_status, errors_of, field, query_int
 
 bp = Blueprint("portal", __name__, template_folder="templates")
 PAGE = 50
@@ -74,12 +83,15 @@ def login() -> Any:
     with hg().db.transaction() as db:
         try:
             signed_in = sessions.sign_in(db, hg().config, "account", field("email", 254),
-                                         request.form.get("password") or "")
+                                         request.form.get("password") or "",
+                                         client=client_address(), replaces=current_sid())
         except (sessions.SignInRefused, sessions.SignInThrottled) as exc:
             error = exc
     if error is not None:
-        status = 429 if isinstance(error, sessions.SignInThrottled) else 401
-        return render_template("portal/login.html", errors={"_": str(error)}), status
+        page = render_template("portal/login.html", errors={"_": str(error)})
+        if isinstance(error, sessions.SignInThrottled):
+            return throttled_response(page, error)
+        return page, 401
     begin(signed_in.token, "account", signed_in.principal_id)
     return redirect(url_for("portal.home"))
 
@@ -154,7 +166,7 @@ def key_revoke(key_id: str) -> Any:
 @bp.get("/ledger")
 @account_required
 def ledger() -> Any:
-    before = request.args.get("before", type=int)
+    before = query_int("before")
     with hg().reader() as db:
         balance = wallet.get_balance(db, _me().id)
         rows = wallet.history(db, _me().id, limit=PAGE, before_id=before)
@@ -221,7 +233,8 @@ def delete() -> Any:
     errors = {}
     if request.form.get("confirm") != "yes":
         errors["confirm"] = "tick the box to confirm"
-    if not accounts.check_password(request.form.get("password") or "", me.password_hash):
+    if not accounts.check_password(request.form.get("password") or "", me.password_hash,
+                                   hg().config.auth["bcrypt_cost"]):
         errors["password"] = "the password is wrong"
     if errors:
         return render_template("portal/delete.html", errors=errors), 422

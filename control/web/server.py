@@ -45,6 +45,7 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 from control.core.config import Config
 from control.core.db import Database
 from control.core.errors import ConfigError
+from control.core.files import set_private_umask
 from control.web import create_app
 from control.web.ext import is_loopback, resolve_secure_cookies
 
@@ -257,6 +258,7 @@ class ControlServer:
                 f"API /api/v1 · policy /policy")
 
     def start(self) -> ControlServer:
+        set_private_umask()  # before the server creates anything (sessions, WAL, head file)
         check_listen(self.config, self.host)
         adapter = ssl_adapter(self.config)
         if os.environ.get("LISTEN_PID"):

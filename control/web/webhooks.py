@@ -12,24 +12,25 @@ only when ``payment_status`` is ``paid``) and ``payment_intent.succeeded``
 ``data.object.metadata.account_id``. Amounts are in the currency's smallest unit as the
 processor sends them (cents for USD); they are converted to hushgate minor units by
 ``amount * minor_unit_scale / 10**decimals(currency)`` and must be in the wallet currency.
-Other event types are acknowledged and ignored. The credit uses the idempotency key
-``payment:<event id>``, so a replay is acknowledged (200) and changes nothing.
+Other event types are acknowledged and ignored. Each event id is applied at most once across
+all accounts (``control.core.payment_events``), so a replay is acknowledged (200) and changes
+nothing, and a payment for a deleted or erased account is acknowledged, not credited, and
+kept for the operator.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import time
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from control.core import wallet
+from control.core import payment_events, validation
 from control.core.audit import Actor
-from control.core.errors import HushgateError, NotFound
+from control.core.errors import HushgateError, NotFound, ValidationError
 
 bp = Blueprint("webhooks", __name__)
 ACTOR = Actor("webhook", "payments")
@@ -56,10 +57,11 @@ def verify_signature(payload: bytes, header: str | None, secret: str, tolerance:
     for part in header.split(","):
         k, _, v = part.strip().partition("=")
         if k == "t":
-            try:
-                timestamp = int(v)
-            except ValueError:
-                raise WebhookRefused(400, "signature_invalid", "bad timestamp") from None
+            # Unix seconds: at most 12 digits (a 309-digit number would overflow the clock
+            # arithmetic below instead of simply being refused).
+            if not v.isdigit() or len(v) > 12:
+                raise WebhookRefused(400, "signature_invalid", "bad timestamp")
+            timestamp = int(v)
         elif k == "v1":
             candidates.append(v)
     if timestamp is None or not candidates:
@@ -93,9 +95,9 @@ def to_minor_units(amount: int, currency: str, scale: int) -> int:
 
 def parse_event(payload: bytes) -> dict[str, Any]:
     try:
-        event = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        raise WebhookRefused(400, "malformed", "body is not JSON") from None
+        event = validation.parse_json(payload)
+    except ValidationError as exc:
+        raise WebhookRefused(400, "malformed", str(exc)) from None
     if not isinstance(event, dict) or not isinstance(event.get("id"), str) \
             or not isinstance(event.get("type"), str) or not 0 < len(event["id"]) <= 100:
         raise WebhookRefused(400, "malformed", "event needs an id and a type")
@@ -153,12 +155,14 @@ def payments() -> Any:
         return {"received": True, "ignored": True}
     account_id, amount = credit
     try:
-        with hg().uow(ACTOR) as ctx:
-            _, created = wallet.topup(ctx, account_id, amount,
-                                      idempotency_key=f"payment:{event['id']}",
-                                      reference=event["id"], payment=True)
+        outcome = payment_events.apply_payment(lambda: hg().uow(ACTOR), event["id"],
+                                               account_id, amount)
     except NotFound:
         return _refuse(422, "unknown_account", "metadata.account_id names no account")
     except HushgateError as exc:
         return _refuse(409 if exc.code == "idempotency_conflict" else 422, exc.code, str(exc))
-    return {"received": True, "credited": created, "duplicate": not created}
+    # A refused payment is acknowledged (the processor must not retry it) and kept for the
+    # operator, who refunds it there.
+    return {"received": True, "credited": outcome.status == "credited",
+            "duplicate": outcome.status == "duplicate",
+            **({"refused": outcome.reason} if outcome.status == "refused" else {})}

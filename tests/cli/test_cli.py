@@ -101,7 +101,9 @@ def test_tour(run, account):
      "already exists"),
     (("keys", "create", "ACCOUNT", "--model", "gpt-99"), "unknown model 'gpt-99'"),
     (("keys", "create", "ACCOUNT", "--expires", "2001-01-01"), "expiry is in the past"),
-    (("keys", "create", "ACCOUNT", "--expires", "someday"), "not an ISO date"),
+    (("keys", "create", "ACCOUNT", "--expires", "someday"), "ISO 8601"),
+    (("keys", "create", "ACCOUNT", "--expires", "9999-12-31T23:59:59-14:00"), "out of range"),
+    (("wallet", "topup", "ACCOUNT", "5", "--reference", "r" * 101), "longer than 100"),
     (("keys", "revoke", "doesnotexist"), "unknown key"),
     (("accounts", "update", "ACCOUNT"), "nothing to update"),
 ])
@@ -165,5 +167,47 @@ def test_users_totp_reset(run, tmp_path):
         with db.transaction() as s:  # the password alone signs in again
             assert not sessions.sign_in(s, config, "user", "admin",
                                         "a-long-enough-password").needs_code
+    finally:
+        db.dispose()
+
+
+def test_audit_head_on_a_damaged_head_file_is_one_line(run, tmp_path):
+    run("init")
+    run("audit", "head")
+    head = tmp_path / "data" / "audit-head.log"
+    head.write_text(head.read_text() + "not a head line\n")
+    out = run("audit", "head", ok=False).output
+    assert "audit head not anchored" in out
+
+
+def test_disabling_an_account_from_the_cli_ends_its_sessions(run, tmp_path, db_url):
+    """The rule lives in the service: the CLI gets it like the UI and the API, audited."""
+    from sqlalchemy import select
+
+    from control.core import sessions
+    from control.core.db import Database
+    from control.core.models import AuditEvent, WebSession
+
+    run("init")
+    aid = json.loads(run("accounts", "create", "--name", "Ada", "--email", "ada@example.com",
+                         "--adult", "--json").output)["id"]
+    db = Database(db_url)
+    try:
+        with db.transaction() as s:
+            sessions.start(s, "account", aid)
+        run("accounts", "update", aid, "--status", "disabled")
+        with db.read_transaction() as s:
+            assert s.scalar(select(WebSession.revoked_at)) is not None
+            actions = list(s.scalars(select(AuditEvent.action).order_by(AuditEvent.seq)))
+        assert actions[-2:] == ["account.disabled", "session.revoked"]
+        # Deleting ends sessions through the same audited function.
+        with db.transaction() as s:
+            sessions.start(s, "account", aid)
+        run("accounts", "delete", aid, "--yes")
+        with db.read_transaction() as s:
+            assert s.scalar(select(WebSession.id).where(WebSession.revoked_at.is_(None))) \
+                is None
+            actions = list(s.scalars(select(AuditEvent.action).order_by(AuditEvent.seq)))
+        assert "session.revoked" in actions[-3:]
     finally:
         db.dispose()

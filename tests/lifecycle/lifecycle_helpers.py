@@ -96,10 +96,14 @@ def drop_audit_triggers(db) -> None:
     """What a superuser / the file owner can do: remove the database's protection."""
     with db.engine.connect() as conn:
         if db.dialect == "sqlite":
-            for name in ("audit_events_no_update", "audit_events_guard_delete"):
+            for name in ("audit_events_no_update", "audit_events_guard_delete",
+                         "audit_events_guard_insert", "audit_state_guard_update",
+                         "audit_state_no_delete"):
                 conn.exec_driver_sql(f"DROP TRIGGER {name}")
         else:
             conn.exec_driver_sql("DROP TRIGGER audit_events_guard ON audit_events")
+            conn.exec_driver_sql("DROP TRIGGER audit_events_guard_insert ON audit_events")
+            conn.exec_driver_sql("DROP TRIGGER audit_state_guard ON audit_state")
         conn.commit()
 
 

@@ -83,8 +83,10 @@ def test_audit_head_and_verify(cli_run, account, tmp_path):
     assert "audit chain intact" in cli_run("audit", "verify").output
     head_file = tmp_path / "data" / "audit-head.log"
     lines = head_file.read_text().splitlines()
-    assert len(lines) == 1  # the same head is not written twice
-    head_file.write_text(lines[0].replace(f'"seq": {n}', f'"seq": {n + 1}') + "\n")
+    # one line per commit that recorded events; the same head is never written twice
+    assert len(lines) == n and f'"seq": {n}' in lines[-1]
+    head_file.write_text("\n".join([*lines[:-1], lines[-1].replace(f'"seq": {n}',
+                                                                    f'"seq": {n + 1}')]) + "\n")
     result = cli_run("audit", "verify", ok=False)
     assert "head file" in result.output
 

@@ -79,6 +79,9 @@ def test_opting_out_after_queueing_is_honoured_at_delivery(mail):
     ("product_update", {"title": "line\nbreak"}),
     ("low_balance", {"available": "lots", "threshold": "1.00 USD"}),
     ("nonsense", {}),
+    ("password_reset", {"token_id": "x", "minutes": 30}),
+    ("password_reset", {"token_id": "a" * 32, "minutes": 30, "link": "https://evil/"}),
+    ("account_invite", {"token_id": "a" * 32, "hours": "72"}),
 ])
 def test_unsafe_parameters_are_refused(db, config, funded_account, kind, params):
     with db.transaction() as s, pytest.raises(ValidationError):
@@ -88,7 +91,7 @@ def test_unsafe_parameters_are_refused(db, config, funded_account, kind, params)
 def test_essential_flags():
     essential = {k for k, v in notify.KINDS.items() if v.essential}
     assert essential == {"key_created", "key_revoked", "low_balance", "account_deleted",
-                         "policy_changed"}
+                         "policy_changed", "password_reset", "account_invite"}
     assert not notify.KINDS["product_update"].essential
 
 

@@ -359,11 +359,21 @@ def test_serve_refuses_unsafe_listeners_in_one_line(make_cli, db, pki, tmp_path)
     assert "control.tls" in one_line_error(mismatched("serve", "--port", "0"))
 
 
-def test_users_and_tokens_cli(cli, db):
-    r = cli("users", "create", "alice", "--role", "admin", "--password", "alice password 1")
+def test_users_and_tokens_cli(cli, db, tmp_path):
+    r = cli("users", "create", "alice", "--role", "admin", input="alice password 1\n")
     assert r.exit_code == 0, r.output
-    assert cli("users", "create", "alice", "--password", "alice password 1").exit_code == 1
-    assert cli("users", "create", "bo", "--password", "x" * 12).exit_code == 1  # bad name
+    assert cli("users", "create", "alice", input="alice password 1\n").exit_code == 1
+    assert cli("users", "create", "bo", input="x" * 12 + "\n").exit_code == 1  # bad name
+    # Never on the command line (where `ps` shows it): from stdin or a file only.
+    r = cli("users", "create", "carol", "--password", "carol password 1")
+    assert r.exit_code == 2 and "No such option" in r.output
+    pw_file = tmp_path / "pw"
+    pw_file.write_text("carol password 1\n")
+    assert cli("users", "create", "carol", "--password-file", str(pw_file)).exit_code == 0
+    r = cli("users", "set-password", "carol", input="carol password 2\n")
+    assert r.exit_code == 0 and "sessions have ended" in r.output
+    assert cli("users", "set-password", "carol", input="short\n").exit_code == 1
+    assert cli("users", "set-password", "nobody", input="nobody password 1\n").exit_code == 1
     assert "alice" in cli("users", "list").output
     r = cli("tokens", "create", "alice", "--scope", "write", "--json")
     assert r.exit_code == 0
