@@ -206,9 +206,14 @@ def check_audit(config: Config, db: Database) -> list[Check]:
         checks.append(warn("audit.anchor", f"{result.head_seq - anchored.seq} events since the "
                            f"last anchored head ({anchored.at})", "run `hushgate audit head` "
                            "(the retention purge anchors it on every run)"))
+    elif not (config.raw["audit"].get("anchor_syslog") or config.raw["audit"].get("anchor_https")):
+        checks.append(warn("audit.anchor", f"the head ({anchored.seq} events) is anchored only "
+                           f"on this host ({head_path})", "set audit.anchor_syslog or "
+                           "audit.anchor_https so signed heads are pushed off this host (or copy "
+                           "`hushgate audit head` output somewhere else)"))
     else:
         checks.append(ok("audit.anchor", f"the head ({anchored.seq} events) is anchored in "
-                         f"{head_path}"))
+                         f"{head_path} and pushed to the configured sink"))
     return checks
 
 
@@ -339,7 +344,9 @@ def check_database(config: Config) -> tuple[Check, Database | None]:
             not Path(url.database).exists():
         return fail("database", f"no SQLite database at {url.database}",
                     "run `hushgate init`"), None
-    db = Database.from_config(config)
+    # Not Database.from_config: that tightens permissions and refuses a loose secret file,
+    # and the doctor only reads (it reports those in its own checks).
+    db = Database(config.database_url, pool_size=1, echo=False)
     try:
         current = schema.current_revision(db)
     except Exception as exc:  # noqa: BLE001 - reported by class, never its text (credentials)

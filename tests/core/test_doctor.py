@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from control.core import audit_head, doctor, records, retention
+from control.core import accounts, audit_head, doctor, records, retention
+from control.core.audit import Actor
 from control.core.config import Config
+from control.core.context import Ctx
 from control.core.db import Database
 
 
@@ -29,6 +31,18 @@ def make_private(config: Config) -> None:
             path.chmod(0o600)
 
 
+def first_admin(config: Config) -> None:
+    """What `hushgate init` leaves: the first admin, whose creation is the first audit event
+    (an empty history is a wiped one to `audit verify`)."""
+    db = Database.from_config(config)
+    try:
+        with db.transaction() as session:
+            accounts.create_user(Ctx(session, config, Actor("cli", "init")), username="admin",
+                                 password="correct horse battery staple 42")
+    finally:
+        db.dispose()
+
+
 @pytest.fixture
 def healthy(config_factory, db_url: str, monkeypatch: pytest.MonkeyPatch
             ) -> Callable[..., Config]:
@@ -38,6 +52,8 @@ def healthy(config_factory, db_url: str, monkeypatch: pytest.MonkeyPatch
     def _make(**overrides: Any) -> Config:
         cfg = config_factory(db_url, **overrides)
         make_private(cfg)
+        first_admin(cfg)
+        make_private(cfg)  # the first event wrote the head file
         return cfg
 
     return _make
@@ -66,9 +82,12 @@ def test_a_healthy_deployment_passes(healthy) -> None:
     assert doctor.failed(checks) == []
     got = by_name(checks)
     for name in ("tls.proxy", "tls.control", "permissions.data_dir", "permissions.secrets",
-                 "database", "clock", "audit.key", "audit.chain", "audit.anchor",
+                 "database", "clock", "audit.key", "audit.chain",
                  "retention.scheduler", "retention.due", "providers.keys"):
         assert got[name].status == doctor.PASS, got[name]
+    # the head file is current, but nothing pushes it off this host yet
+    assert got["audit.anchor"].status == doctor.WARN
+    assert "audit.anchor_syslog" in got["audit.anchor"].fix
     assert got["smtp"].status == doctor.SKIP
 
 
@@ -115,7 +134,7 @@ BROKEN: list[tuple[str, Callable[[Path], dict[str, Any]], Callable[[Config], Non
      "audit.key", ("no audit key", "hushgate init")),
     ("audit-key-wrong", lambda _: {},
      lambda c: (c.data_dir / "audit-hmac.key").write_bytes(b"f" * 64),
-     "audit.chain", ("audit chain broken", "modified")),
+     "audit.chain", ("audit chain broken", "audit key")),
     ("newest-audit-events-removed", lambda _: {},
      lambda c: audit_head.append_head(c.audit_head_path(), c.audit_hmac_key(), 10_000,
                                       "ab" * 32),
@@ -167,7 +186,14 @@ def test_never_purged_is_a_warning(healthy) -> None:
     got = by_name(doctor.run_checks(config))
     assert got["retention.scheduler"].status == doctor.WARN
     assert got["audit.anchor"].status == doctor.WARN
-    assert "hushgate audit head" in got["audit.anchor"].fix
+    assert "audit.anchor_syslog" in got["audit.anchor"].fix
+
+
+def test_an_external_anchor_sink_makes_the_anchor_pass(healthy) -> None:
+    config = healthy(audit={"anchor_syslog": "tcp://127.0.0.1:6514"})
+    run_retention(config)
+    got = by_name(doctor.run_checks(config))
+    assert got["audit.anchor"].status == doctor.PASS, got["audit.anchor"]
 
 
 def test_data_past_its_window_fails(healthy) -> None:
