@@ -193,10 +193,10 @@ def measure(targets: dict[str, tuple[int, str, str]], servers: dict[str, Server]
             for name, runs in got.items()}
 
 
-def write_config(tmp: Path, db_url: str, upstream: str) -> Path:
+def write_config(tmp: Path, db_url: str, upstream: str, journal: bool = True) -> Path:
     """The configuration operators run (defaults: bcrypt cost 12, journal, leases)."""
     data = {"data_dir": str(tmp / "data"), "database": {"url": db_url},
-            **catalog(upstream)}
+            "proxy": {"outcome_journal": journal}, **catalog(upstream)}
     path = tmp / "hushgate.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -212,6 +212,8 @@ def main() -> None:
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--no-workers", action="store_true", help="skip --workers 2")
+    parser.add_argument("--no-journal", action="store_true",
+                        help="proxy.outcome_journal: false (answers wait for the database)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temp folder (config, database, server logs)")
     args = parser.parse_args()
@@ -239,7 +241,7 @@ def main() -> None:
         "-p", str(bare_port), "-q", "--set", "connection_strategy=lazy",
         "--set", "http2=false", "--set", "stream_large_bodies=1",
         "--set", f"confdir={tmp / 'bare-mitm'}"], bare_port, log=tmp / "mitmdump.log")
-    config_path = write_config(tmp, db_url, upstream)
+    config_path = write_config(tmp, db_url, upstream, journal=not args.no_journal)
     config = load_config(config_path)
     db = Database.from_config(config)
     schema.upgrade(db)
