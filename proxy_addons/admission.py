@@ -31,6 +31,6 @@ async def admit(services: Services, authenticator: Authenticator, request: http.
     state.model, state.stream = routed.model, routed.stream
     state.client_wants_usage = routed.client_wants_usage
     hold = await reserve(services, principal, routed, state.request_bytes, state.request_id)
-    state.hold_id, state.hold_amount = hold.id, hold.amount
+    state.reservation, state.hold_amount = hold.reservation, hold.amount
     state.hold_input_tokens = hold.input_tokens
-    return Admission(_ADMIT, routed.model, routed.upstream_body, hold.id, hold.amount)
+    return Admission(_ADMIT, routed.model, routed.upstream_body, hold.reservation)

@@ -1,13 +1,16 @@
 """Admission, part 1 — authenticate: the key from ``Authorization: Bearer`` or ``x-api-key``.
 
-The key is checked by ``control.core.keys.KeyAuthenticator`` (bcrypt once, then an
-in-memory cache keyed by an HMAC of the key; revocations polled from the database) on a
-worker thread. Requests per minute are limited here (per process, or shared by every proxy
+The key is checked by ``control.core.keys.KeyAuthenticator``: a key already verified and
+current (its generation is the change counter's, polled in the background) is answered on
+the event loop by :meth:`~control.core.keys.KeyAuthenticator.cached`, with no database read
+and no thread hop; otherwise :meth:`~control.core.keys.KeyAuthenticator.authenticate` runs
+on a worker thread (bcrypt the first time a key is seen; revalidation by row after a
+change). Requests per minute are limited here (per process, or shared by every proxy
 through Redis: ``proxy_addons.limits``); the key's other scopes are checked by the stages that
 know the model and the cost.
 
-Concurrent requests with the same key share one check (single flight): when the key is not
-in the cache (cold start, or its cache entry just expired), 32 concurrent requests would
+Concurrent requests with the same key share one slow check (single flight): when the key is
+not in the cache (cold start, or a change to keys moved the counter), 32 concurrent requests would
 otherwise pay 32 bcrypt verifies (~250 ms each at cost 12) on the worker threads and stall
 every connection for seconds. Requests in flight are keyed by the authenticator's fingerprint
 of the key (an HMAC under a per-process pepper), only while the check runs.
@@ -77,7 +80,7 @@ class Authenticator:
         except InvalidKey as exc:
             raise refusal_for_key_error(exc) from None
         try:
-            principal = await self._check(raw)
+            principal = self.services.authenticator.cached(raw) or await self._check(raw)
         except InvalidKey as exc:
             if isinstance(exc, KeyExpired | KeyRevoked | AccountInactive):
                 state.key_id = parsed.key_id  # the key exists: its id is safe metadata

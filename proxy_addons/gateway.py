@@ -5,7 +5,7 @@ Each hook is the request's life at that moment, as calls to plain stage function
     requestheaders  intake: state, header checks (health and metrics answered here)
     request         admit (authenticate -> route -> reserve) -> forward, or refuse
     responseheaders meter the headers (stream tap) -> scrub the request
-    response        meter the body -> price -> record
+    response        meter the body -> price -> record (durable before the last byte)
     error           classify the end -> price what was delivered -> decide the error
                     answer (or the stream's terminal event) -> record
 
@@ -15,10 +15,17 @@ builds. After forwarding, mitmproxy would log a failing hook and carry on, so ev
 runs under :meth:`Gateway._guard`: a failure is charged per the policy in
 :mod:`proxy_addons.pricing` (never free, the hold always settled or released, the request
 always recorded). A flow without hushgate state is refused, never passed.
+
+Record is where the money becomes real: the request's charge (0 if it was refused or
+failed) and its record go to ``control.core.proxy_money.ProxyMoney.finish``, and the hook
+awaits the group commit (journal fsync or database transaction) before it returns, which is
+before mitmproxy releases the end of the answer to the client. So a request whose last byte
+reached the client is charged exactly once, even if the process is killed a moment later.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -43,7 +50,6 @@ from proxy_addons.record import build_record, minimal_record
 from proxy_addons.services import Services
 from proxy_addons.state import FlowState, Refusal, is_database_error, refusal_for
 from proxy_addons.wire import error_response, guess_format, stream_error_event
-from proxy_addons.writer import Outcome
 
 log = logging.getLogger("hushgate.proxy")
 
@@ -90,7 +96,7 @@ class Gateway:
             if state.deferred is not None:
                 raise state.deferred
             admitted = await admit(self.services, self.authenticator, flow.request, state)
-            if state.hold_id is not None:
+            if state.reservation is not None:
                 self.services.holds += 1
                 call(self.observer, "holds_in_flight", self.services.holds)
             if isinstance(admitted, http.Response):
@@ -110,7 +116,7 @@ class Gateway:
             flow.response.stream = False  # withheld: replaced by an error in `response`
         scrub_request(flow)  # already sent upstream
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
         state = self._state(flow)
         if state is None or state.finished:
             return
@@ -122,11 +128,12 @@ class Gateway:
         if not state.status and flow.response is not None:
             state.status = flow.response.status_code
         self._price(state, complete=True)
-        self._record(state)
+        if not await self._record(state):
+            self._undurable(flow, state)
         self._close_if_asked(flow, state)
         scrub_request(flow)
 
-    def error(self, flow: http.HTTPFlow) -> None:
+    async def error(self, flow: http.HTTPFlow) -> None:
         state = self._state(flow)
         if state is None or state.finished:
             return
@@ -144,7 +151,7 @@ class Gateway:
             if tap is not None and (tap.delivered or tap.usage.seen):
                 self._price(state, complete=False)
         self._guard(state, "error_answer", self._decide_answer, state)
-        self._record(state)
+        await self._record(state)
         scrub_request(flow)
         if flow.response is not None:
             flow.response.content = None
@@ -197,11 +204,13 @@ class Gateway:
         if complete or state.tap is None:  # a cut stream keeps its error status
             state.status = state.upstream_status or 200
 
-    def _record(self, state: FlowState) -> None:
-        """Exactly one record per request, and the hold settled (cost) or released (0)."""
+    async def _record(self, state: FlowState) -> bool:
+        """Exactly one record per request with its charge (the reservation's worth of it,
+        or 0: a refused or failed request is never charged), durable when this returns
+        True. False: it could not be made durable (the answer must not end cleanly)."""
         state.finished = True
-        self.services.in_flight -= 1
-        if state.hold_id is not None:
+        reservation = state.reservation
+        if reservation is not None:
             self.services.holds -= 1
             call(self.observer, "holds_in_flight", self.services.holds)
         try:
@@ -209,8 +218,22 @@ class Gateway:
         except Exception as exc:  # noqa: BLE001 - the request is recorded anyway
             log.error("hushgate: stage record failed (%s)", type(exc).__name__)
             record = minimal_record(state)
-        self.services.writer.submit(Outcome(record=record, hold_id=state.hold_id,
-                                            charge=state.cost, estimated=state.estimated))
+        charge = state.cost if reservation is not None else 0
+        durable = True
+        try:
+            await asyncio.wrap_future(self.services.money.finish(
+                reservation, record, charge, estimated=state.estimated))
+        except Exception as exc:  # noqa: BLE001 - fail closed: the answer is cut
+            log.error("hushgate: outcome of request %s not durable (%s)", state.request_id,
+                      type(exc).__name__)
+            call(self.observer, "db_error")
+            durable = False
+        finally:
+            self.services.in_flight -= 1
+        self._count_tokens(state)
+        return durable
+
+    def _count_tokens(self, state: FlowState) -> None:
         principal = state.principal
         if principal is not None and principal.tpm_limit is not None:
             extra = state.usage.output_tokens + max(
@@ -236,6 +259,17 @@ class Gateway:
             call(self.observer, "db_error")
         state.failed_stage = state.failed_stage or stage
         state.error_type = "internal_error"
+
+    @staticmethod
+    def _undurable(flow: http.HTTPFlow, state: FlowState) -> None:
+        """The charge could not be made durable: the client must not see a complete answer
+        (a JSON answer becomes a 502; a stream is cut before its end)."""
+        if state.tap is not None:
+            flow.kill()
+            return
+        flow.response = error_response(state.api_format, 502, "internal_error",
+                                       "hushgate could not complete this request",
+                                       request_id=state.request_id)
 
     @staticmethod
     def _withhold(flow: http.HTTPFlow, state: FlowState) -> None:
@@ -294,7 +328,7 @@ class Gateway:
                 return http.Response.make(404, b"", headers)
             body, content_type = render()
             return http.Response.make(200, body, {**headers, "content-type": content_type})
-        ok = self.services.writer.alive
+        ok = self.services.alive
         body = b'{"status":"ok"}' if ok else b'{"status":"unavailable"}'
         return http.Response.make(200 if ok else 503, body,
                                   {**headers, "content-type": "application/json"})

@@ -4,10 +4,10 @@ The proxy calls these methods (all must be cheap and never raise into the data p
 Gateway and writer guard every call):
 
 * ``request_finished(record)`` — once per request, with the final metadata record (the dict
-  the writer stores, cost settled), from the writer thread;
+  committed, cost and debt set), from the committer thread;
 * ``holds_in_flight(n)`` — requests holding funds right now (event-loop thread);
-* ``writer_queue(depth, lag_seconds)`` — after each writer batch: outcomes waiting, and how
-  long the oldest of the batch waited;
+* ``writer_queue(depth, lag_seconds)`` — after each committed batch: outcomes not yet in
+  the database, and how long the oldest of the batch waited;
 * ``db_error()`` / ``redis_error()`` — a failed database / Redis operation.
 
 ``revocation_seen(seconds)`` is part of the interface, but this proxy does not know when a

@@ -1,4 +1,4 @@
-"""Record: exactly one metadata record per request, handed to the writer.
+"""Record: exactly one metadata record per request, committed with its charge.
 
 The record has exactly the fields of ``schemas/request-record.schema.json``: numbers, names
 from the catalog, hushgate error codes. Never a body, a header, a prompt, a key (only the
@@ -20,7 +20,7 @@ def _ms(start: float | None, end: float | None) -> int | None:
 
 
 def build_record(state: FlowState) -> dict[str, Any]:
-    """The record of a finished request (cost is finalised by the writer's settlement)."""
+    """The record of a finished request (cost and debt are set when it is committed)."""
     end = state.done_at or time.monotonic()
     return {
         "time": state.time.isoformat(),

@@ -1,8 +1,10 @@
 """Run the hushgate proxy: a mitmproxy ``DumpMaster`` in reverse mode with the Gateway.
 
 ``ProxyServer(config).start()`` runs it on a background thread with its own event loop
-(tests, benchmarks and ``hushgate up``); ``stop()`` shuts mitmproxy down and flushes the
-record writer. ``hushgate proxy`` runs the same thing in the foreground.
+(tests, benchmarks and ``hushgate up``); ``stop()`` shuts mitmproxy down, commits the
+outcomes still queued, returns the balance leases and deregisters the process.
+``hushgate proxy`` runs the same thing in the foreground (``--workers N``: N processes,
+see ``proxy_addons.workers``).
 
 Listener: TLS with ``proxy.tls.cert_file``/``key_file`` when set (mitmproxy's ``certs``);
 plain HTTP is accepted only from loopback clients unless ``proxy.allow_plain_http`` is true,
@@ -160,7 +162,7 @@ class ProxyServer:
             install_logging()
         errorpage.install()  # mitmproxy's own error answers become hushgate JSON
         self.services = build_services(self.config, self._db, observer=self.observer)
-        self.services.writer.start()
+        self.services.start()
         self._thread = threading.Thread(target=self._run, name="hushgate-proxy", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout) or self._error is not None or self.port is None:
@@ -199,7 +201,9 @@ class ProxyServer:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def drain(self, timeout: float = 10.0) -> bool:
-        """Wait until every request in flight has finished and is settled and recorded."""
+        """Wait until every request in flight has finished and is charged and recorded
+        (a finished request is durable before its answer ends; this also waits for the
+        journal's outcomes to reach the database)."""
         if self.services is None:
             return True
         deadline = time.monotonic() + timeout
@@ -207,7 +211,7 @@ class ProxyServer:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.005)
-        return self.services.writer.drain(max(0.0, deadline - time.monotonic()))
+        return self.services.money.committer.drain(max(0.0, deadline - time.monotonic()))
 
     def stop(self) -> None:
         """Stop listening, then flush the records (graceful shutdown)."""

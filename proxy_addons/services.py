@@ -1,8 +1,12 @@
-"""What the Gateway's stages share: configuration, database, authenticator, limits, writer.
+"""What the Gateway's stages share: configuration, database, authenticator, limits, money.
 
 Built once per proxy process by :func:`build_services`; nothing happens at import time.
-Blocking work (bcrypt, database, the shared rate limits' Redis round trips) runs on
-``executor`` (sized like the connection pool) so a slow query never stalls the event loop.
+:meth:`Services.start` registers the process (``control.core.proxy_money.ProxyMoney``:
+instance, journal replay, group committer, heartbeat/lease thread) and starts the key
+poller; :meth:`Services.close` commits what is queued, returns the leases, deregisters.
+Blocking work (bcrypt on a key's first use, per-request holds, the shared rate limits' Redis
+round trips) runs on ``executor`` (sized like the connection pool) so a slow query never
+stalls the event loop; a cached key and a reservation inside a lease need neither.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from sqlalchemy.orm import Session
 from control.core.config import Config
 from control.core.db import Database
 from control.core.keys import KeyAuthenticator
+from control.core.proxy_money import ProxyMoney
 from proxy_addons.limits import RateWindow, RedisLink, RedisWindow, SlidingWindow
-from proxy_addons.writer import RecordWriter
+from proxy_addons.observer import call
 
 T = TypeVar("T")
 
@@ -34,7 +39,7 @@ class Services:
     config: Config
     db: Database
     authenticator: KeyAuthenticator
-    writer: RecordWriter
+    money: ProxyMoney
     executor: ThreadPoolExecutor
     rpm: RateWindow = field(default_factory=SlidingWindow)
     tpm: RateWindow = field(default_factory=SlidingWindow)
@@ -83,8 +88,26 @@ class Services:
         return hmac.new(self.privacy_key, ua.encode("utf-8", "replace"),
                         hashlib.sha256).hexdigest()[:16]
 
+    started: bool = False
+
+    def start(self) -> Services:
+        """Register this process and start its background work (idempotent)."""
+        if not self.started:
+            self.money.start()
+            self.authenticator.start()
+            self.started = True
+        return self
+
+    @property
+    def alive(self) -> bool:
+        """The money path can make outcomes durable (the health check reports it)."""
+        return self.started and self.money.alive
+
     def close(self) -> None:
-        self.writer.close()
+        if self.started:
+            self.money.close()
+            self.authenticator.stop()
+            self.started = False
         self.executor.shutdown(wait=True, cancel_futures=False)
         if self.redis is not None:
             self.redis.close()
@@ -112,7 +135,7 @@ def write_lock_for(db: Database) -> contextlib.AbstractContextManager[Any]:
     """The lock every proxy write transaction takes: one per process on SQLite, none else.
 
     SQLite has a single writer and every write transaction starts with ``BEGIN IMMEDIATE``.
-    Without this lock, concurrent reserves and the record writer contend inside SQLite,
+    Without this lock, concurrent holds and the group committer contend inside SQLite,
     whose busy handler retries by sleeping 1, 2, 5 ... 100 ms: profiled at 32 clients, the
     worker threads spent most of their time asleep in ``BEGIN IMMEDIATE`` and p99 latency
     was ~60 ms. Queued on a Python lock, the next writer starts as soon as the previous one
@@ -146,16 +169,40 @@ def build_services(config: Config, db: Database | None = None,
         poll_seconds=auth["revocation_poll_ms"] / 1000)
     proxy = config.proxy
     lock = write_lock_for(db)
-    writer = RecordWriter(db, batch_size=proxy["record_batch_size"],
-                          flush_ms=proxy["record_flush_ms"], jsonl_path=proxy["records_jsonl"],
-                          write_lock=lock, config=config, observer=observer)
+    journal = (config.data_dir / "outcomes") if proxy["outcome_journal"] else None
+    money = ProxyMoney(db, config, journal_dir=journal, write_lock=lock,
+                       max_batch=proxy["record_batch_size"],
+                       max_wait_ms=proxy["record_flush_ms"])
+    money.on_commit(_committed(observer, proxy["records_jsonl"], money))
     workers = max(4, config.raw["database"]["pool_size"])
     rpm, tpm, link = rate_windows(config.redis_url, observer)
     key = b""
     privacy = config.privacy
     if privacy.get("client_ip") == "hashed" or privacy.get("user_agent") == "hashed":
         key = hmac.new(config.audit_hmac_key(), b"hushgate:privacy", hashlib.sha256).digest()
-    return Services(config=config, db=db, authenticator=authenticator, writer=writer,
+    return Services(config=config, db=db, authenticator=authenticator, money=money,
                     executor=ThreadPoolExecutor(workers, thread_name_prefix="hushgate-db"),
                     rpm=rpm, tpm=tpm, redis=link, privacy_key=key, owns_db=owns,
                     write_lock=lock, observer=observer)
+
+
+def _committed(observer: Any, jsonl: str | None, money: ProxyMoney
+               ) -> Callable[[list[dict[str, Any]]], None]:
+    """After each committed batch (committer thread): the final records go to the observer
+    and, if ``proxy.records_jsonl`` is set, are appended to that file (0600)."""
+    import json
+    import os
+
+    def done(rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            call(observer, "request_finished", row)
+        committer = money.committer
+        call(observer, "writer_queue", committer.pending, committer.oldest_wait)
+        if jsonl:
+            fd = os.open(jsonl, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8") as fh:
+                for row in rows:
+                    fh.write(json.dumps(row, separators=(",", ":"), sort_keys=True,
+                                        default=str) + "\n")
+
+    return done

@@ -26,6 +26,7 @@ from proxy_addons.pricing import Usage
 if TYPE_CHECKING:
     from control.core.config import Model
     from control.core.keys import KeyPrincipal
+    from control.core.proxy_money import Reservation
 
 log = logging.getLogger("hushgate.proxy")
 
@@ -56,8 +57,7 @@ class Admission:
     token: object = field(repr=False)
     model: Model
     upstream_body: bytes
-    hold_id: str
-    hold_amount: int
+    reservation: Reservation
 
     def __post_init__(self) -> None:
         if self.token is not _ADMIT:
@@ -86,7 +86,7 @@ class FlowState:
     model: Model | None = None
     stream: bool = False
     client_wants_usage: bool = False
-    hold_id: str | None = None
+    reservation: Reservation | None = None  # funds reserved (lease ticket or hold)
     hold_amount: int = 0
     hold_input_tokens: int = 0
     # forward / response

@@ -64,11 +64,27 @@ def describe(service: Any) -> str:
     return f"listening on {host}:{port}" if port else "running"
 
 
-def _proxy_service(host: str | None = None, port: int | None = None) -> Service:
+def _proxy_service(host: str | None = None, port: int | None = None,
+                   workers: int | None = None) -> Service:
+    """The proxy in this process, or (``workers`` > 1, default ``proxy.workers``) a
+    supervisor of that many worker processes on one address (SO_REUSEPORT)."""
     from proxy_addons.runner import ProxyServer
 
     st = state()
     db = st.require_schema()
+    workers = workers or st.config.proxy["workers"]
+    if workers > 1:
+        from proxy_addons.runner import mitmproxy_options
+        from proxy_addons.workers import WorkerPool
+
+        opts = mitmproxy_options(st.config, listen_host=host, listen_port=port)
+        try:
+            return WorkerPool(workers, config_path=st.config_path or
+                              os.environ.get("HUSHGATE_CONFIG"),
+                              host=opts["listen_host"], port=opts["listen_port"])
+        except OSError as exc:
+            raise click.ClickException(f"proxy: cannot listen on {opts['listen_host']}:"
+                                       f"{opts['listen_port']} ({exc.strerror})") from None
     return ProxyServer(st.config, db, listen_host=host, listen_port=port)
 
 
@@ -105,9 +121,11 @@ def _loopback_simulator_port(config: Any) -> int | None:
 @click.command("proxy")
 @click.option("--host", default=None, help="Listen address (default: proxy.listen_host).")
 @click.option("--port", type=int, default=None, help="Listen port (default: proxy.listen_port).")
-def proxy_command(host: str | None, port: int | None) -> None:
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Proxy processes on the one address (default: proxy.workers).")
+def proxy_command(host: str | None, port: int | None, workers: int | None) -> None:
     """Run the gateway proxy from the configuration."""
-    run_services([("proxy", _proxy_service(host, port))])
+    run_services([("proxy", _proxy_service(host, port, workers))])
 
 
 @click.command("simulator")
@@ -147,7 +165,7 @@ def serve_command(host: str | None, port: int | None, threads: int,
     run_services(_control_services(host, port, threads, housekeeping=not no_housekeeping))
 
 
-def up_services() -> list[tuple[str, Service]]:
+def up_services(workers: int | None = None) -> list[tuple[str, Service]]:
     """What one machine needs, in start order."""
     st = state()
     if not schema.is_current(st.db):
@@ -160,16 +178,18 @@ def up_services() -> list[tuple[str, Service]]:
     if sim_port is not None:
         services.append(("simulator", _simulator_service(
             "127.0.0.1", sim_port, require_key=_demo_provider_key(st.config))))
-    services.append(("proxy", _proxy_service()))
+    services.append(("proxy", _proxy_service(workers=workers)))
     services.extend(_control_services())
     return services
 
 
 @click.command("up")
-def up_command() -> None:
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Proxy processes on the one address (default: proxy.workers).")
+def up_command(workers: int | None) -> None:
     """Run everything one machine needs: the demo simulator (if configured), the proxy, the
     control plane and its scheduled housekeeping, on the configured database."""
-    run_services(up_services())
+    run_services(up_services(workers))
 
 
 COMMANDS = [proxy_command, simulator_command, serve_command, up_command]

@@ -44,7 +44,9 @@ DEFAULTS: dict[str, Any] = {
         "max_request_seconds": 3600,
         "records_jsonl": None,
         "record_batch_size": 500,
-        "record_flush_ms": 200,
+        "record_flush_ms": 0,
+        "outcome_journal": True,
+        "workers": 1,
     },
     "control": {
         "listen_host": "127.0.0.1",

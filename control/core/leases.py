@@ -153,6 +153,7 @@ class Refill:
     account_id: str
     lease_id: str | None
     want: int
+    need: int = 1  # the largest request the book refused: a smaller grant wouldn't help it
 
 
 @dataclass(slots=True)
@@ -226,10 +227,12 @@ class LeaseBook:
                 if s.refilling or now - s.last_used > self.idle_seconds:
                     continue
                 free = s.granted - s.in_use
-                if s.missed or free < self.low_water:
+                # low on a lease it has, or a request missed (no lease yet, or too small)
+                if s.missed or (s.lease_id is not None and free < self.low_water):
                     want = max(self.lease_size - free, s.missed)
                     s.refilling = True
-                    out.append(Refill(account_id, s.lease_id, want))
+                    out.append(Refill(account_id, s.lease_id, want,
+                                      max(1, s.missed - max(free, 0))))
         return out
 
     def refill_failed(self, account_id: str) -> None:
@@ -271,6 +274,17 @@ class LeaseBook:
                     s.granted -= free
                     out.append((account_id, s.lease_id, free))
         return out
+
+    def take_account_surplus(self, account_id: str) -> tuple[str, str, int] | None:
+        """Take the free part of one account's lease out of the book (for
+        :func:`return_lease`): a request it can't cover needs the money as a hold."""
+        with self._lock:
+            s = self._slots.get(account_id)
+            if s is None or s.lease_id is None or s.granted - s.in_use <= 0:
+                return None
+            free = s.granted - s.in_use
+            s.granted -= free
+            return account_id, s.lease_id, free
 
     def restore(self, account_id: str, lease_id: str, amount: int) -> None:
         with self._lock:

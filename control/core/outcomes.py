@@ -219,9 +219,10 @@ def settle_outcomes(session: Session, outcomes: Iterable[Outcome], *,
             {"p_acct": a, "p_charge": c, "p_release": r, "p_now": now}
             for a, (c, r) in sorted(wallet_delta.items())])
         result.statements += 1
-    if lease_delta:
-        session.execute(_LEASE_DELTA, [{"p_lease": lid, "p_consumed": c, "p_now": now}
-                                       for lid, c in sorted(lease_delta.items()) if c])
+    consumed = [{"p_lease": lid, "p_consumed": c, "p_now": now}
+                for lid, c in sorted(lease_delta.items()) if c]
+    if consumed:  # (an empty executemany is an error: a batch of uncharged lease requests)
+        session.execute(_LEASE_DELTA, consumed)
         result.statements += 1
     if key_delta:
         session.execute(_KEY_DELTA, [{"p_key": k, "p_charge": c, "p_release": r}

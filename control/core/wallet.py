@@ -303,9 +303,9 @@ def settle(session: Session, hold_id: str, actual: int, *, reference: str | None
     amount charged (0 if the hold was already closed, so a retry never double-charges).
 
     A cost beyond the hold and the available balance is charged in full: the account goes
-    into debt by the overage. (This per-hold form keeps the proxy's current writer working;
-    the exactly-once batched form, which also writes the record, is
-    ``control.core.outcomes.settle_outcomes``.)
+    into debt by the overage. Not the proxy's path: its entries carry no idempotency key
+    and no record; the proxy charges only through the exactly-once batched form, which
+    writes the record in the same transaction (``control.core.outcomes.settle_outcomes``).
 
     With ``config``, a charge that takes the balance below ``wallet.low_balance_threshold``
     queues one low-balance notice to the account holder (in this transaction)."""

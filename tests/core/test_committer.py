@@ -5,6 +5,7 @@ from __future__ import annotations
 import stat
 import threading
 
+from sqlalchemy import select
 from test_outcomes import assert_books_balance, make_record
 
 from control.core import instances, wallet
@@ -80,3 +81,32 @@ def test_housekeeping_sweeps_dead_instances(db, config, funded_account):
     keeper.sweep_instances()
     assert keeper.last_instances_expired == 1
     assert assert_books_balance(db, funded_account).held == 0
+
+
+def test_a_poison_outcome_is_isolated_charged_by_the_fallback_or_kept(db, funded_account,
+                                                                     tmp_path):
+    """A batch that always fails on one outcome used to be retried forever (every other
+    request in it waiting): it is split; the others commit; the poison one is charged with
+    a minimal record, or, if even that fails, kept in the rejected file by request id."""
+    from control.core.models import RequestRecord
+
+    good = _held_outcomes(db, funded_account, 6, "ok")
+    bad_record = Outcome(make_record("bad-record", funded_account, time="not a time"),
+                         charge=77)  # the record can't be stored
+    no_wallet = Outcome(make_record("bad-wallet", "f" * 32), charge=5)  # no such account
+    path = tmp_path / "j" / "0.jsonl"
+    committer = OutcomeCommitter(db, journal=OutcomeJournal(path), max_wait_ms=50).start()
+    futures = [committer.submit(o) for o in [*good[:3], bad_record, no_wallet, *good[3:]]]
+    for f in futures:
+        f.result(timeout=30)
+    assert committer.drain(30)
+    committer.close()
+    assert committer.rejected == 1
+    with db.read_transaction() as s:
+        stored = dict(s.execute(select(RequestRecord.request_id, RequestRecord.cost)).all())
+    assert {o.request_id for o in good} | {"bad-record"} == set(stored)
+    assert stored["bad-record"] == 77  # charged in full, with a minimal record
+    rejected = path.with_suffix(".rejected").read_text().splitlines()
+    assert len(rejected) == 1 and '"bad-wallet"' in rejected[0]
+    assert stat.S_IMODE(path.with_suffix(".rejected").stat().st_mode) == 0o600
+    assert_books_balance(db, funded_account)

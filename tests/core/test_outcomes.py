@@ -211,3 +211,20 @@ def test_outcome_journal_form_round_trips():
                 lease_amount=7, estimated=True)
     back = Outcome.from_json(o.to_json())
     assert back.to_json() == o.to_json() and back.charge == 5 and back.estimated
+
+
+def test_uncharged_requests_inside_a_lease_are_recorded(db, funded_account):
+    """A batch of refused/failed requests that reserved in a lease (charge 0) consumes
+    nothing from the lease: it used to run an empty executemany and fail every time."""
+    with db.transaction() as s:
+        inst = instances.register(s)
+        grant = leases.grant_lease(s, funded_account, inst, 50_000)
+    batch = [Outcome(make_record(f"free-{i}", funded_account, status=502), charge=0,
+                     lease_id=grant.lease_id, lease_amount=0) for i in range(3)]
+    with db.transaction() as s:
+        done = outcomes.settle_outcomes(s, batch)
+    assert done.charged == {}
+    with db.read_transaction() as s:
+        assert s.scalar(select(func.count()).select_from(RequestRecord)) == 3
+        assert leases.open_leases(s, funded_account) == 50_000
+    assert_books_balance(db, funded_account)

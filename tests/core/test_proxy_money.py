@@ -10,6 +10,7 @@ from test_outcomes import assert_books_balance, make_record
 
 from control.core import instances
 from control.core.base import utcnow
+from control.core.committer import OutcomeJournal
 from control.core.errors import InsufficientFunds
 from control.core.models import ProxyInstance
 from control.core.outcomes import Outcome
@@ -54,9 +55,10 @@ def test_crashed_process_is_charged_by_its_replacement(db, config, funded_accoun
         crashed.instance_id = instances.register(s, now=utcnow() - timedelta(seconds=120))
     hold = crashed.reserve_hold(funded_account, 50_000, key_id=None, request_id="cr-00001")
     # Acknowledged (journaled) but never committed: the process was killed right after.
-    crashed._journal.append([Outcome(make_record("cr-00001", funded_account), charge=42_000,
-                                     hold_id=hold.hold_id)])
-    crashed._journal.close()
+    left = OutcomeJournal(journal)
+    left.append([Outcome(make_record("cr-00001", funded_account), charge=42_000,
+                         hold_id=hold.hold_id)])
+    left.close()
     with db.transaction() as s:  # the housekeeping sweep frees its hold
         assert instances.sweep_dead_instances(s, config.audit_hmac_key(),
                                               dead_after_seconds=30) == 1

@@ -12,7 +12,7 @@ import pytest
 from proxy_helpers import PROVIDER_KEY, PROVIDER_KEY_ENV, catalog, make_config, setup_account
 from sqlalchemy import select
 
-from control.core import keys, records, wallet
+from control.core import keys, leases, records, wallet
 from control.core.audit import Actor
 from control.core.config import Config
 from control.core.context import Ctx
@@ -79,12 +79,20 @@ class Gateway:
         with self.db.read_transaction() as s:
             return len(s.scalars(select(Hold).where(Hold.status == "open")).all())
 
+    def leased(self) -> int:
+        """What this process's open balance leases keep of the account (not spent)."""
+        with self.db.read_transaction() as s:
+            return leases.open_leases(s, self.account_id)
+
     def assert_books_balance(self) -> wallet.Balance:
-        """After the writer drained: ledger == balance, no open holds, available >= 0."""
+        """After the commits drained: ledger == balance, no open holds (only the proxy's
+        unspent lease is held), available >= 0."""
         self.drain()
-        bal = self.balance()
-        assert bal.balance == self.ledger_sum()
-        assert bal.held == 0 and self.open_holds() == 0
+        with self.db.read_transaction() as s:  # one snapshot: a refill may run meanwhile
+            bal = wallet.get_balance(s, self.account_id)
+            assert bal.balance == wallet.ledger_sum(s, self.account_id)
+            assert bal.held == leases.open_leases(s, self.account_id)
+            assert not s.scalars(select(Hold).where(Hold.status == "open")).all()
         assert bal.available >= 0
         return bal
 

@@ -24,8 +24,9 @@ from proxy_helpers import (
 )
 from sqlalchemy import select
 
+from control.core import wallet
 from control.core.db import Database
-from control.core.models import Hold
+from control.core.models import Hold, RequestRecord
 from proxy_addons import gateway as gateway_module
 from proxy_addons.gateway import STAGES, Gateway
 from proxy_addons.pricing import hold_input_tokens, worst_case_cost
@@ -71,7 +72,7 @@ def test_stage_order_is_the_requests_life(tmp_path, db_url, monkeypatch):
     config = make_config(tmp_path, db_url, **catalog("http://127.0.0.1:9"))
     db = Database.from_config(config)
     _, _, key = setup_account(config, db, BALANCE)
-    services = build_services(config, db)
+    services = build_services(config, db).start()
     calls: list[str] = []
     _spy(monkeypatch, calls)
     answer = {"choices": [{"message": {"content": "hi"}}],
@@ -91,16 +92,19 @@ def test_stage_order_is_the_requests_life(tmp_path, db_url, monkeypatch):
             flow.response = tflow.tresp(content=json.dumps(answer).encode(),
                                         headers=((b"content-type", b"application/json"),))
             gw.responseheaders(flow)
-            gw.response(flow)
+            await gw.response(flow)  # returns once the charge and record are durable
             return flow
 
     try:
         flow = asyncio.run(life())
         assert tuple(calls) == STAGES
         assert flow.response.status_code == 200
-        assert services.writer._queue.qsize() == 1  # exactly one outcome, hold settled
-        outcome = services.writer._queue.get_nowait()
-        assert outcome.hold_id and outcome.charge > 0 and not outcome.estimated
+        assert services.money.committer.drain(10)
+        with db.read_transaction() as s:
+            (rec,) = s.scalars(select(RequestRecord)).all()  # exactly one, charged
+            (hold,) = s.scalars(select(Hold)).all()
+            assert rec.cost > 0 and not rec.estimated and hold.status == "settled"
+            assert wallet.ledger_sum(s, rec.account_id) == BALANCE - rec.cost
     finally:
         services.close()
         db.dispose()

@@ -29,8 +29,8 @@ def test_healthz_answers_without_a_key_and_leaves_no_trace(gateway):
     assert len(gateway.records()) == 1
 
 
-def test_healthz_is_503_when_the_record_writer_is_down(gateway):
-    gateway.proxy.services.writer.close()
+def test_healthz_is_503_when_the_committer_is_down(gateway):
+    gateway.proxy.services.money.committer.close()
     status, _, body = _get(gateway.port, "/healthz")
     assert status == 503 and json.loads(body) == {"status": "unavailable"}
 
@@ -51,3 +51,15 @@ def test_finished_requests_leave_no_flow_in_memory(make_gateway):
     gc.collect()
     alive = [o for o in gc.get_objects() if isinstance(o, mhttp.HTTPFlow)]
     assert len(alive) <= 2  # at most a flow mitmproxy is still closing
+
+
+def test_healthz_is_503_until_the_process_is_registered(gateway):
+    """A proxy that could not register (database down at start-up) refuses every request
+    that needs funds: the load balancer's health check must route around it."""
+    money = gateway.proxy.services.money
+    instance, money.instance_id = money.instance_id, None
+    try:
+        assert _get(gateway.port, "/healthz")[0] == 503
+    finally:
+        money.instance_id = instance
+    assert _get(gateway.port, "/healthz")[0] == 200
