@@ -32,6 +32,7 @@ from typing import Any
 
 from mitmproxy import http
 
+from control.core import metrics
 from proxy_addons import errorpage
 from proxy_addons.admission import admit
 from proxy_addons.authenticate import Authenticator
@@ -79,7 +80,7 @@ class Gateway:
         req = flow.request
         if req.method in ("GET", "HEAD") and req.path in (HEALTH_PATH, METRICS_PATH):
             flow.metadata[STATE_KEY] = None  # hushgate's own answer, no request record
-            flow.response = self._status_page(req.path)
+            flow.response = self._status_page(flow)
             return
         state = new_state(self.services, flow)
         flow.metadata[STATE_KEY] = state
@@ -320,12 +321,16 @@ class Gateway:
         if state.client_close and flow.response is not None:
             flow.response.headers["connection"] = "close"
 
-    def _status_page(self, path: str) -> http.Response:
+    def _status_page(self, flow: http.HTTPFlow) -> http.Response:
         headers = {"cache-control": "no-store"}
         render = getattr(self.observer, "render", None)
-        if path == METRICS_PATH:
+        if flow.request.path == METRICS_PATH:
             if render is None:
                 return http.Response.make(404, b"", headers)
+            peer = flow.client_conn.peername[0] if flow.client_conn.peername else None
+            if not metrics.scrape_allowed(self.services.config, peer, flow.request.headers):
+                return http.Response.make(403, metrics.REFUSED.encode(),
+                                          {**headers, "content-type": "text/plain"})
             body, content_type = render()
             return http.Response.make(200, body, {**headers, "content-type": content_type})
         ok = self.services.alive

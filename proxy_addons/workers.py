@@ -165,6 +165,7 @@ def worker_main(argv: list[str] | None = None) -> int:
 
     from control.core.config import load_config
     from control.core.errors import HushgateError
+    from control.core.metrics import ProxyMetrics
     from proxy_addons.runner import ProxyServer
 
     stop = threading.Event()
@@ -179,8 +180,13 @@ def worker_main(argv: list[str] | None = None) -> int:
 
     try:
         listen_with_reuse_port()
-        server = ProxyServer(load_config(args.config), listen_host=args.host,
-                             listen_port=args.port).start()
+        config = load_config(args.config)
+        if not (config.raw.get("metrics") or {}).get("multiprocess_dir"):
+            # N workers behind one address: a scrape reaches any one of them, so they
+            # share one multi-process registry and each serves the sum.
+            config = load_config(args.config, {"metrics": {"multiprocess_dir": "metrics"}})
+        server = ProxyServer(config, listen_host=args.host, listen_port=args.port,
+                             observer=ProxyMetrics.from_config(config)).start()
     except (HushgateError, OSError) as exc:
         print(f"hushgate proxy worker {args.index}: {exc}", file=sys.stderr)
         return 1

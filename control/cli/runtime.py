@@ -85,7 +85,10 @@ def _proxy_service(host: str | None = None, port: int | None = None,
         except OSError as exc:
             raise click.ClickException(f"proxy: cannot listen on {opts['listen_host']}:"
                                        f"{opts['listen_port']} ({exc.strerror})") from None
-    return ProxyServer(st.config, db, listen_host=host, listen_port=port)
+    from control.core.metrics import ProxyMetrics
+
+    return ProxyServer(st.config, db, listen_host=host, listen_port=port,
+                       observer=ProxyMetrics.from_config(st.config))
 
 
 def _simulator_service(host: str, port: int, require_key: str | None = None) -> Service:

@@ -11,7 +11,9 @@ stale snapshot; ``read_transaction()`` uses a deferred ``BEGIN`` so readers don'
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +38,21 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def _echo_to_stderr(echo: bool) -> None:
+    """``database.echo``: SQL statements (never their parameters: ``hide_parameters``) to
+    stderr. SQLAlchemy's own ``echo=True`` writes to stdout, which would corrupt the CLI's
+    ``--json`` output."""
+    if not echo:
+        return
+    logger = logging.getLogger("sqlalchemy.engine.Engine")
+    if not any(getattr(h, "_hushgate_echo", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler._hushgate_echo = True  # type: ignore[attr-defined]
+        handler.setFormatter(logging.Formatter("%(asctime)s sql %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def create_db_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
     """Create an engine with hushgate's connection settings for the URL's backend.
 
@@ -50,13 +67,15 @@ def create_db_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> En
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             files.private_database(Path(parsed.database))
-        engine = create_engine(url, echo=echo, hide_parameters=True,
+        _echo_to_stderr(echo)
+        engine = create_engine(url, hide_parameters=True,
                                connect_args={"timeout": 30}, pool_size=pool_size,
                                max_overflow=pool_size)
         _configure_sqlite(engine)
         return engine
     if backend == "postgresql":
-        return create_engine(url, echo=echo, hide_parameters=True, pool_size=pool_size,
+        _echo_to_stderr(echo)
+        return create_engine(url, hide_parameters=True, pool_size=pool_size,
                              max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800)
     raise ConfigError(f"database.url: unsupported backend {backend!r} (use sqlite or postgresql)")
 

@@ -208,7 +208,8 @@ def _sweep_holds(db: Database, config: Config, now: datetime, batch: int,
         with db.read_transaction() as s:
             report.expired_holds = int(s.scalar(
                 select(func.count()).select_from(Hold)
-                .where(Hold.status == "open", Hold.expires_at < now)) or 0)
+                .where(Hold.status == "open", Hold.expires_at < now,
+                       Hold.instance_id.is_(None))) or 0)
         return
     while True:
         with db.transaction() as s:
@@ -306,7 +307,8 @@ def retention_status(session: Session, config: Config,
         "audit_checkpoint_seq": cp,
         "accounts_due_for_erasure": erasure.count_due(session, config, now),
         "expired_holds": int(session.scalar(select(func.count()).select_from(Hold).where(
-            Hold.status == "open", Hold.expires_at < now)) or 0),
+            Hold.status == "open", Hold.expires_at < now,
+            Hold.instance_id.is_(None))) or 0),
         "last_run": _iso(last_run),
         "next_run": _iso(last_run + timedelta(minutes=r["schedule_minutes"]))
         if last_run else None,

@@ -211,3 +211,33 @@ def test_disabling_an_account_from_the_cli_ends_its_sessions(run, tmp_path, db_u
         assert "session.revoked" in actions[-3:]
     finally:
         db.dispose()
+
+
+def test_database_echo_goes_to_stderr_not_into_json(tmp_path, db_url, monkeypatch):
+    """`database.echo: true` logs SQL statements on stderr, never their parameters, and
+    leaves `--json` on stdout parseable (SQLAlchemy's own echo writes to stdout)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = tmp_path / "echo.yaml"
+    cfg.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"),
+                                   "database": {"url": db_url, "echo": True},
+                                   "auth": {"bcrypt_cost": 4}}))
+    hushgate = str(Path(sys.executable).with_name("hushgate"))
+    env = {**__import__("os").environ, "HUSHGATE_ADMIN_PASSWORD": "a-long-enough-password"}
+
+    def cli_json(*args):
+        done = subprocess.run([hushgate, "--config", str(cfg), *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout), done.stderr
+
+    subprocess.run([hushgate, "--config", str(cfg), "init"], env=env, check=True,
+                   capture_output=True, timeout=120)
+    made, _ = cli_json("accounts", "create", "--name", "Echo Person", "--email",
+                       "echo.person@example.com", "--adult", "--json")
+    listed, err = cli_json("accounts", "list", "--json")
+    assert any(a["id"] == made["id"] for a in listed)
+    assert "SELECT" in err
+    assert "echo.person@example.com" not in err and "Echo Person" not in err

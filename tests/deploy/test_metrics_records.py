@@ -1,10 +1,13 @@
-"""ProxyMetrics fed the records a real proxy wrote (real mitmproxy, the simulator, the openai
-and anthropic SDKs, SQLite and PostgreSQL): the scraped values equal the records' sums, and
-no key, key id, account id or request id appears in the exposition."""
+"""A real proxy's own ``GET /metrics`` after real traffic (real mitmproxy, the simulator, the
+openai and anthropic SDKs, SQLite and PostgreSQL): the scraped values equal the sums of the
+request records it wrote, no key, key id, account id or request id appears in the exposition,
+and a forwarded (non-loopback) scrape without the token is refused."""
 
 from __future__ import annotations
 
 import sys
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -34,7 +37,8 @@ def test_scrape_equals_the_records_of_real_traffic(config_factory, db_url, monke
         config = config_factory(db_url, proxy={"record_flush_ms": 20}, **catalog(sim.base_url))
         db = Database.from_config(config)
         account_id, key_id, key = setup_account(config, db, 10_000_000)
-        with ProxyServer(config, db) as proxy, \
+        pm = metrics.ProxyMetrics.from_config(config)
+        with ProxyServer(config, db, observer=pm) as proxy, \
                 openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=key, max_retries=0) as oa, \
                 anthropic.Anthropic(base_url=proxy.url, api_key=key, max_retries=0) as an, \
                 openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=key[:-4] + "AAAA",
@@ -55,6 +59,15 @@ def test_scrape_equals_the_records_of_real_traffic(config_factory, db_url, monke
                 wrong.chat.completions.create(model="gpt-test",
                                               messages=[{"role": "user", "content": "hi"}])
             assert proxy.drain(20)
+            with urllib.request.urlopen(f"{proxy.url}/metrics", timeout=10) as resp:
+                assert resp.status == 200
+                text = resp.read().decode()
+            forwarded = urllib.request.Request(f"{proxy.url}/metrics",
+                                               headers={"X-Forwarded-For": "203.0.113.9"})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(forwarded, timeout=10)
+            assert refused.value.code == 403
+            refused.value.close()
         with db.read_transaction() as session:
             recs = [records.record_dict(r) for r in
                     session.scalars(select(RequestRecord).order_by(RequestRecord.id))]
@@ -65,11 +78,6 @@ def test_scrape_equals_the_records_of_real_traffic(config_factory, db_url, monke
     for r in recs:
         records.validate_record(r)
 
-    pm = metrics.ProxyMetrics(config.models, currency=config.wallet["currency"])
-    for r in recs:
-        pm.request_finished(r)
-    body, _ = pm.render()
-    text = body.decode()
     s = metrics.parse(text)
 
     want = Counter((r["endpoint"], r["model"] or "none", str(r["status"]),

@@ -10,6 +10,7 @@ from lifecycle_helpers import make_config
 
 from control.core import accounts, audit, policy
 from control.core.audit import Actor
+from control.core.base import utcnow
 from control.core.context import Ctx
 from control.core.db import Database
 from control.core.errors import Conflict
@@ -36,7 +37,8 @@ def test_default_policy_matches_the_seed_numbers(config):
     text = policy.render_policy(config)
     for promise in ("retained for 90 days. Audit logs are retained for 90 days",
                     "removed within 30 days", "under 18 years of age",
-                    "Last updated: January 1, 2025"):
+                    # unpublished and undated by default: dated the day it is first published
+                    f"Last updated: {policy._human_date(utcnow().date().isoformat())}"):
         assert promise in text
 
 
@@ -65,7 +67,8 @@ def test_publishing_versions_dates_and_announces(tmp_path, db_url, uow, db, conf
                                        adult_attested=True)
         accounts.delete_account(ctx, gone.id)
         baseline = policy.publish_policy(ctx, today=date(2026, 6, 1))
-    assert baseline is not None and baseline.last_updated == "2025-01-01"  # configured date
+    # no date configured: the first publication dates it
+    assert baseline is not None and baseline.last_updated == "2026-06-01"
     with uow() as ctx:
         assert policy.publish_policy(ctx, today=date(2026, 6, 2)) is None  # unchanged
     with db.read_transaction() as s:
@@ -93,9 +96,10 @@ def test_publishing_versions_dates_and_announces(tmp_path, db_url, uow, db, conf
     # essential: the opted-out account gets it too; the deleted one doesn't
     assert notes == {(first.id, "policy_changed", "queued", True),
                      (out.id, "policy_changed", "queued", True)}
-    # the old configuration's text no longer matches the published version: config date
+    # a configured date is what the text says, whatever was published
+    pinned = make_config(tmp_path, db_url, policy={"last_updated": "2025-01-01"})
     with db.read_transaction() as s:
-        assert "Last updated: January 1, 2025" in policy.render_policy(config, session=s)
+        assert "Last updated: January 1, 2025" in policy.render_policy(pinned, session=s)
 
 
 # -- correction -----------------------------------------------------------------------------
