@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from control.cli.common import emit_json, group, json_option, state
-from control.core import accounts, admin_tokens, totp
+from control.core import accounts, admin_tokens, passwords, totp
 
 users_group = group("users", "Control-plane operators (admins and read-only viewers).")
 
@@ -54,11 +54,20 @@ def users_set_password(username: str, password_file: Any) -> None:
     """Give USERNAME a new password (their sessions end). Audited."""
     password = read_password(password_file, f"new password for {username}")
     with state().unit_of_work() as ctx:
-        user = accounts.get_user_by_name(ctx.session, username)
-        if user is None:
-            raise click.ClickException(f"unknown user {username!r}")
-        accounts.set_user_password(ctx, user.id, password)
+        passwords.set_user_password(ctx, username, password)
     click.echo(f"password changed for {username}; their sessions have ended")
+
+
+@users_group.command("delete")
+@click.argument("username")
+@click.option("--yes", is_flag=True, help="Confirm: the operator and their API tokens go.")
+def users_delete(username: str, yes: bool) -> None:
+    """Remove an operator (sessions end, admin API tokens go; the last admin stays). Audited."""
+    if not yes:
+        raise click.ClickException(f"deleting {username} cannot be undone: add --yes")
+    with state().unit_of_work() as ctx:
+        passwords.delete_user(ctx, username)
+    click.echo(f"deleted operator {username}")
 
 
 @users_group.command("list")

@@ -217,12 +217,6 @@ def set_preferences(ctx: Ctx, account_id: str, *, opt_out_non_essential: bool) -
     return account
 
 
-def end_sessions(session: Session, kind: str, principal_id: str) -> int:
-    """Deprecated, kept for callers not yet moved: use ``sessions.revoke_principal`` (it
-    audits). The same mechanism (``sessions.end_all``)."""
-    return int(_sessions().end_all(session, kind, principal_id))
-
-
 def delete_account(ctx: Ctx, account_id: str) -> Account:
     """Access ends at once: keys revoked, sessions ended, requests refused. Personal data is
     erased after the configured grace window by the retention job (or at once by an admin)."""
@@ -270,19 +264,6 @@ def create_user(ctx: Ctx, *, username: str, password: str, role: str = "admin") 
     ctx.session.add(user)
     ctx.session.flush()
     ctx.audit(Action.USER_CREATED, "user", user.id, username=username, role=role)
-    return user
-
-
-def set_user_password(ctx: Ctx, user_id: str, password: str) -> User:
-    """A new password for an operator; every session they had ends. Audited (no secret)."""
-    user = ctx.session.get(User, user_id)
-    if user is None:
-        raise NotFound(f"unknown user {user_id[:32]!r}")
-    user.password_hash = hash_password(password, ctx.config.auth["bcrypt_cost"],
-                                       user.username)
-    ctx.session.flush()
-    ctx.audit(Action.USER_PASSWORD_CHANGED, "user", user.id)
-    _sessions().revoke_principal(ctx, "user", user.id)
     return user
 
 

@@ -34,7 +34,7 @@ from control.core.base import utcnow
 from control.core.config import Config
 from control.core.context import Ctx
 from control.core.errors import HushgateError, NotFound, ValidationError
-from control.core.models import Account, AdminToken, PasswordToken, User, WebSession
+from control.core.models import Account, AdminToken, PasswordToken, User
 
 # Until ``control.password_reset_minutes`` / ``control.invite_hours`` exist in the config.
 RESET_MINUTES = 30
@@ -181,7 +181,7 @@ def set_password_with_token(ctx: Ctx, link_value: str, password: str) -> Account
     account = ctx.session.get(Account, token.account_id)
     if account is None or account.status != "active":
         raise InvalidLink("this link is not valid (it may have expired or been used)")
-    new_hash = accounts.hash_password(password, ctx.config.auth["bcrypt_cost"])
+    new_hash = accounts.hash_password(password, ctx.config.auth["bcrypt_cost"], account.email)
     spent = ctx.session.execute(update(PasswordToken)
                                 .where(PasswordToken.id == token.id,
                                        PasswordToken.used_at.is_(None))
@@ -189,9 +189,9 @@ def set_password_with_token(ctx: Ctx, link_value: str, password: str) -> Account
     if not spent.rowcount:  # type: ignore[attr-defined]
         raise InvalidLink("this link is not valid (it may have expired or been used)")
     account.password_hash, account.updated_at = new_hash, now
-    accounts.end_sessions(ctx.session, "account", account.id)
     ctx.session.flush()
     ctx.audit(Action.ACCOUNT_PASSWORD_RESET, "account", account.id, purpose=token.purpose)
+    sessions.revoke_principal(ctx, "account", account.id)
     return account
 
 
@@ -208,38 +208,31 @@ def _user(session: Session, user_ref: str) -> User:
     return user
 
 
-def _end_user_sessions(session: Session, user_id: str, keep_session: str | None) -> None:
-    q = update(WebSession).where(WebSession.principal_kind.in_(("user", sessions.PENDING)),
-                                 WebSession.principal_id == user_id,
-                                 WebSession.revoked_at.is_(None))
-    if keep_session:
-        q = q.where(WebSession.id != keep_session)
-    session.execute(q.values(revoked_at=utcnow()))
-
-
 def change_own_password(ctx: Ctx, user_id: str, current: str, new: str, *,
                         keep_session: str | None = None) -> User:
     """An operator changes their password: the current one must be right. Ends their other
     sessions (``keep_session``, the stored id of the one in use, survives)."""
     user = _user(ctx.session, user_id)
-    if not accounts.check_password(current, user.password_hash):
+    if not accounts.check_password(current, user.password_hash, ctx.config.auth["bcrypt_cost"]):
         raise ValidationError("the current password is wrong", "current_password")
     if current == new:
         raise ValidationError("the new password is the current one", "password")
-    user.password_hash = accounts.hash_password(new, ctx.config.auth["bcrypt_cost"])
-    _end_user_sessions(ctx.session, user.id, keep_session)
+    user.password_hash = accounts.hash_password(new, ctx.config.auth["bcrypt_cost"],
+                                                user.username)
     ctx.session.flush()
     ctx.audit(Action.USER_PASSWORD_CHANGED, "user", user.id, by="self")
+    sessions.revoke_principal(ctx, "user", user.id, keep=keep_session)
     return user
 
 
 def set_user_password(ctx: Ctx, user_ref: str, new: str) -> User:
     """An admin (or the CLI) sets an operator's password; every session of theirs ends."""
     user = _user(ctx.session, user_ref)
-    user.password_hash = accounts.hash_password(new, ctx.config.auth["bcrypt_cost"])
-    _end_user_sessions(ctx.session, user.id, None)
+    user.password_hash = accounts.hash_password(new, ctx.config.auth["bcrypt_cost"],
+                                                user.username)
     ctx.session.flush()
     ctx.audit(Action.USER_PASSWORD_CHANGED, "user", user.id, by="admin")
+    sessions.revoke_principal(ctx, "user", user.id)
     return user
 
 
@@ -257,7 +250,7 @@ def delete_user(ctx: Ctx, user_ref: str) -> str:
         if len(admins) <= 1:
             raise ValidationError("the last admin cannot be deleted: create or enable another "
                                   "admin first", "user")
-    _end_user_sessions(ctx.session, user.id, None)
+    sessions.revoke_principal(ctx, "user", user.id)
     tokens = ctx.session.execute(delete(AdminToken).where(AdminToken.user_id == user.id))
     user_id, username = user.id, user.username
     ctx.session.delete(user)

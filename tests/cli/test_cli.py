@@ -241,3 +241,20 @@ def test_database_echo_goes_to_stderr_not_into_json(tmp_path, db_url, monkeypatc
     assert any(a["id"] == made["id"] for a in listed)
     assert "SELECT" in err
     assert "echo.person@example.com" not in err and "Echo Person" not in err
+
+
+def test_users_set_password_and_delete(run):
+    run("init")
+    run("users", "create", "ops", "--role", "admin", "--password-file", "-",
+        input="ops password one\n")
+    assert "sessions have ended" in run("users", "set-password", "ops", "--password-file", "-",
+                                        input="ops password two\n").output
+    refused = run("users", "delete", "ops", ok=False)
+    assert "--yes" in refused.output
+    assert "deleted operator ops" in run("users", "delete", "ops", "--yes").output
+    last = run("users", "delete", "admin", "--yes", ok=False)
+    assert "the last admin cannot be deleted" in last.output
+    unknown = run("users", "delete", "nobody", "--yes", ok=False)
+    assert "unknown operator" in unknown.output
+    actions = [e["action"] for e in json.loads(run("audit", "list", "--json").output)]
+    assert "user.password_changed" in actions and "user.deleted" in actions

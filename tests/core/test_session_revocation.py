@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from control.core import accounts, sessions
+from control.core import accounts, passwords, sessions
 from control.core.models import AuditEvent, WebSession
 
 
@@ -31,7 +31,7 @@ def test_a_new_operator_password_ends_their_sessions(uow, db):
         user = accounts.create_user(ctx, username="ops", password="ops password 1")
         sessions.start(ctx.session, "user", user.id)
     with uow() as ctx:
-        accounts.set_user_password(ctx, user.id, "ops password 2")
+        passwords.set_user_password(ctx, user.id, "ops password 2")
     with db.read_transaction() as s:
         assert s.scalar(select(WebSession.revoked_at)) is not None
         actions = list(s.scalars(select(AuditEvent.action).order_by(AuditEvent.seq)))
