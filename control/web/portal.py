@@ -18,7 +18,7 @@ from flask import (
     url_for,
 )
 
-from control.core import accounts, audit, export, keys, sessions, stats, wallet
+from control.core import accounts, audit, export, keys, money, payments, sessions, stats, wallet
 from control.core.errors import HushgateError, NotFound, ValidationError
 from control.web.admin import dashboard_charts
 from control.web.auth import (
@@ -117,8 +117,39 @@ def home() -> Any:
         balance = wallet.get_balance(db, account.id)
         d = stats.dashboard(db, window="30d", account_id=account.id)
         recent = stats.recent_records(db, limit=10, account_id=account.id)
-    return render_template("portal/home.html", balance=balance, d=d, charts=dashboard_charts(d),
-                           recent=recent)
+    return _home_page(balance=balance, d=d, charts=dashboard_charts(d), recent=recent)
+
+
+def _home_page(errors: dict[str, str] | None = None, status: int = 200, **data: Any) -> Any:
+    """The overview: balance, where to send requests, what they cost, and "Add credit"."""
+    config = hg().config
+    credit = payments.enabled(config)
+    bounds = payments.amount_bounds(config) if credit else None
+    return render_template("portal/home.html", gateway_url=payments.gateway_url(config),
+                           prices=payments.price_list(config), credit=credit, bounds=bounds,
+                           errors=errors or {}, **data), status
+
+
+@bp.post("/credit")
+@account_required
+def credit() -> Any:
+    """Start a self-service top-up: a Checkout Session at the processor. The wallet is
+    credited only by the processor's signed webhook, once the payment has succeeded."""
+    config = hg().config
+    w = config.wallet
+    try:
+        amount = money.parse_amount(field("amount", 32) or "", scale=w["minor_unit_scale"],
+                                    max_amount=w["max_amount"])
+        with hg().uow(account_actor()) as ctx:
+            checkout = payments.create_checkout(ctx, _me().id, amount)
+    except HushgateError as exc:
+        with hg().reader() as db:
+            balance = wallet.get_balance(db, _me().id)
+        return _home_page(errors=errors_of(exc), status=error_status(exc), balance=balance,
+                          d=None, charts=None, recent=[])
+    # A page with the link, not a redirect: the CSP's form-action 'self' would block a
+    # redirect to the processor after this POST.
+    return render_template("portal/credit.html", checkout=checkout)
 
 
 @bp.get("/keys")
