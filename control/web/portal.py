@@ -18,7 +18,18 @@ from flask import (
     url_for,
 )
 
-from control.core import accounts, audit, export, keys, money, payments, sessions, stats, wallet
+from control.core import (
+    accounts,
+    audit,
+    export,
+    keys,
+    money,
+    passwords,
+    payments,
+    sessions,
+    stats,
+    wallet,
+)
 from control.core.errors import HushgateError, NotFound, ValidationError
 from control.web.admin import dashboard_charts
 from control.web.auth import (
@@ -94,6 +105,46 @@ def login() -> Any:
         return page, 401
     begin(signed_in.token, "account", signed_in.principal_id)
     return redirect(url_for("portal.home"))
+
+
+@bp.route("/forgot", methods=["GET", "POST"])
+def forgot() -> Any:
+    """"Forgot password": the same answer for every address (no oracle); an active account
+    gets a single-use link by e-mail."""
+    if request.method == "GET":
+        return render_template("portal/forgot.html", sent=False, errors={})
+    email = field("email", 254) or ""
+    with hg().uow(audit.Actor("account", "password-reset")) as ctx:
+        passwords.request_reset(ctx, email)
+    return render_template("portal/forgot.html", sent=True, errors={})
+
+
+@bp.route("/password/<path:token>", methods=["GET", "POST"])
+def set_password(token: str) -> Any:
+    """The page an e-mailed reset or invitation link opens: choose a password, once."""
+    try:
+        with hg().reader() as db:
+            purpose = passwords.check_link(db, hg().config, token)
+    except passwords.InvalidLink as exc:
+        return render_template("portal/password.html", invalid=str(exc), purpose=None,
+                               errors={}), 404
+    if request.method == "GET":
+        return render_template("portal/password.html", invalid=None, purpose=purpose,
+                               errors={})
+    password = request.form.get("password") or ""
+    try:
+        if password != (request.form.get("password2") or ""):
+            raise ValidationError("the two passwords differ", "password2")
+        with hg().uow(audit.Actor("account", "password-link")) as ctx:
+            passwords.set_password_with_token(ctx, token, password)
+    except passwords.InvalidLink as exc:
+        return render_template("portal/password.html", invalid=str(exc), purpose=None,
+                               errors={}), 404
+    except HushgateError as exc:
+        return render_template("portal/password.html", invalid=None, purpose=purpose,
+                               errors=errors_of(exc)), error_status(exc)
+    flash("Your password is set. Sign in with it.")
+    return redirect(url_for("portal.login"))
 
 
 @bp.post("/logout")
