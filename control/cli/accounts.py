@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from control.cli.common import emit_json, group, json_option, state
-from control.core import accounts, wallet
+from control.core import accounts, passwords, wallet
 from control.core.money import format_amount
 
 accounts_group = group("accounts", "Create, inspect, correct and delete accounts.")
@@ -18,14 +18,18 @@ accounts_group = group("accounts", "Create, inspect, correct and delete accounts
 @click.option("--adult", "adult_attested", is_flag=True,
               help="The account holder attests being 18 or older (required).")
 @click.option("--opt-out", is_flag=True, help="Opt out of non-essential communications.")
+@click.option("--invite", is_flag=True,
+              help="E-mail the holder a single-use link to set their portal password.")
 @json_option
 def create(name: str, email: str, company: str | None, adult_attested: bool, opt_out: bool,
-           as_json: bool) -> None:
+           invite: bool, as_json: bool) -> None:
     """Create an account (with an empty wallet)."""
     with state().unit_of_work() as ctx:
         account = accounts.create_account(ctx, name=name, email=email, company=company,
                                           adult_attested=adult_attested,
                                           opt_out_non_essential=opt_out)
+        if invite:
+            passwords.invite_account(ctx, account.id)
         data = accounts.account_dict(account)
     if as_json:
         emit_json(data)
@@ -96,6 +100,19 @@ def update(account: str, name: str | None, email: str | None, company: str | Non
             accounts.set_preferences(ctx, a.id, opt_out_non_essential=opt_out)
         account_id = a.id
     click.echo(f"updated account {account_id}")
+
+
+@accounts_group.command("invite")
+@click.argument("account")
+def invite(account: str) -> None:
+    """E-mail ACCOUNT (id or e-mail) a single-use link to set its first portal password
+    (accounts created here have none). Audited."""
+    with state().unit_of_work() as ctx:
+        a = accounts.get_account(ctx.session, account)
+        token = passwords.invite_account(ctx, a.id)
+        account_id, expires = a.id, token.expires_at
+    click.echo(f"invitation queued for account {account_id}; the link works once, until "
+               f"{expires:%Y-%m-%d %H:%M} UTC")
 
 
 @accounts_group.command("delete")

@@ -258,3 +258,15 @@ def test_users_set_password_and_delete(run):
     assert "unknown operator" in unknown.output
     actions = [e["action"] for e in json.loads(run("audit", "list", "--json").output)]
     assert "user.password_changed" in actions and "user.deleted" in actions
+
+
+def test_accounts_invite_queues_a_link_once_per_passwordless_account(run, account):
+    out = run("accounts", "invite", account).output
+    assert f"invitation queued for account {account}" in out
+    again = run("accounts", "create", "--name", "Ada", "--email", "ada@example.com", "--adult",
+                "--invite", "--json").output
+    ada = json.loads(again)["id"]
+    actions = [e["action"] for e in json.loads(run("audit", "list", "--json").output)]
+    assert actions.count("account.invited") == 2
+    assert "unknown" in run("accounts", "invite", "nobody@example.com", ok=False).output.lower()
+    assert ada
