@@ -139,6 +139,17 @@ def simulator_command(host: str, port: int) -> None:
     run_services([("simulator", _simulator_service(host, port))])
 
 
+def warn_placeholder_policy(config: Any) -> None:
+    """Say it loudly while the published policy tells people to write to nobody."""
+    from control.core.policy import placeholder_policy_fields
+
+    fields = placeholder_policy_fields(config)
+    if fields:
+        click.echo(f"warning: the published privacy policy names placeholder details "
+                   f"({', '.join(fields)}): set your own in the config's policy section",
+                   err=True)
+
+
 def _control_services(host: str | None = None, port: int | None = None, threads: int = 8,
                       housekeeping: bool = True) -> list[tuple[str, Service]]:
     """The control plane, and the background work of the long-running service."""
@@ -147,6 +158,7 @@ def _control_services(host: str | None = None, port: int | None = None, threads:
 
     st = state()
     db = st.require_schema()
+    warn_placeholder_policy(st.config)
     services: list[tuple[str, Service]] = [
         ("control plane", ControlServer(st.config, host=host, port=port, threads=threads))]
     if housekeeping:

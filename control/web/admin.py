@@ -12,6 +12,7 @@ from control.core import (
     audit,
     erasure,
     keys,
+    policy,
     sessions,
     stats,
     totp,
@@ -160,8 +161,11 @@ def dashboard() -> Any:
         d = stats.dashboard(db, window=window)
         recent = stats.recent_records(db, limit=10)
         n_accounts = accounts.count_accounts(db, "active")
+        debts = wallet.accounts_in_debt(db, limit=20)
     return render_template("web/dashboard.html", d=d, charts=dashboard_charts(d),
-                           recent=recent, windows=list(stats.WINDOWS), n_accounts=n_accounts)
+                           recent=recent, windows=list(stats.WINDOWS), n_accounts=n_accounts,
+                           debts=debts,
+                           placeholders=policy.placeholder_policy_fields(hg().config))
 
 
 @bp.get("/records")

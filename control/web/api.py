@@ -28,6 +28,7 @@ from control.core import (
 )
 from control.core.admin_tokens import TokenPrincipal
 from control.core.audit import Actor
+from control.core.config import load_schema
 from control.core.errors import (
     Conflict,
     HushgateError,
@@ -88,6 +89,8 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
 
 @bp.before_request
 def _authenticate() -> None:
+    if request.endpoint == "api.openapi_document":
+        return  # the description of the API is public; every operation it lists is not
     header = request.headers.get("Authorization", "")
     scheme, _, raw = header.partition(" ")
     if scheme.lower() != "bearer" or not raw.strip():
@@ -159,6 +162,21 @@ def _account_id(account_id: str) -> str:
 
 
 # -- routes ---------------------------------------------------------------------------------
+
+
+@bp.get("/openapi.json")
+def openapi_document() -> Any:
+    """``schemas/openapi.json``, the document requests are validated against."""
+    return load_schema("openapi.json")
+
+
+@bp.get("/wallet/debts")
+def debts() -> Any:
+    """Accounts whose usage was charged beyond what they had, most owed first."""
+    with hg().reader() as db:
+        rows = wallet.accounts_in_debt(db, limit=_limit())
+    return {"data": [{"account_id": d.account_id, "owed": d.owed, "balance": d.balance,
+                      "held": d.held} for d in rows]}
 
 
 @bp.get("/me")

@@ -270,3 +270,17 @@ def test_accounts_invite_queues_a_link_once_per_passwordless_account(run, accoun
     assert actions.count("account.invited") == 2
     assert "unknown" in run("accounts", "invite", "nobody@example.com", ok=False).output.lower()
     assert ada
+
+
+def test_start_warns_while_the_policy_names_placeholders(config, capsys):
+    from control.cli.runtime import warn_placeholder_policy
+    from control.core.config import load_config
+
+    warn_placeholder_policy(config)
+    assert "placeholder details (policy.operator_name, policy.contact_email)" in \
+        capsys.readouterr().err
+    real = load_config(overrides={**config.raw, "policy": {
+        **config.raw["policy"], "operator_name": "Acme AI",
+        "contact_email": "privacy@acme-ai.com"}})
+    warn_placeholder_policy(real)
+    assert capsys.readouterr().err == ""

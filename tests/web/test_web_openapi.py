@@ -78,3 +78,11 @@ def test_fuzz_the_api_bounded(live):
             case.call_and_validate(base_url=server.url, headers=headers, checks=FUZZ_CHECKS)
 
         run()
+
+
+def test_the_document_is_served_without_a_token(client):
+    resp = client.get("/api/v1/openapi.json")
+    assert resp.status_code == 200 and resp.is_json
+    assert resp.get_json() == _doc()
+    # every operation it lists still needs a token
+    assert client.get("/api/v1/me").status_code == 401
