@@ -12,6 +12,7 @@ from control.core import (
     audit,
     erasure,
     keys,
+    passwords,
     policy,
     sessions,
     stats,
@@ -20,7 +21,7 @@ from control.core import (
 )
 from control.core import retention as retention_service
 from control.core.base import utcnow
-from control.core.errors import HushgateError, NotFound
+from control.core.errors import HushgateError, NotFound, ValidationError
 from control.core.models import Account, User
 from control.web import charts
 from control.web.auth import (
@@ -588,6 +589,67 @@ def totp_disable() -> Any:
         return _security_page(errors_of(error), status)
     flash("Two-factor sign-in is off.")
     return redirect(url_for("web.security"))
+
+
+@bp.post("/security/password")
+@admin_required()
+def password_change() -> Any:
+    """An operator changes their own password (the current one is required); their other
+    sessions end, this one stays."""
+    me = current_user()
+    assert me is not None
+    new = request.form.get("password") or ""
+    try:
+        if new != (request.form.get("password2") or ""):
+            raise ValidationError("the two passwords differ", "password2")
+        with hg().uow(user_actor()) as ctx:
+            passwords.change_own_password(ctx, me.id, request.form.get("current_password")
+                                          or "", new, keep_session=current_sid())
+    except HushgateError as exc:
+        return _security_page(errors=errors_of(exc), status=error_status(exc))
+    flash("Your password is changed; your other sessions have ended.")
+    return redirect(url_for("web.security"))
+
+
+@bp.post("/users/<user_id>/password")
+@admin_required("admin")
+def user_password_set(user_id: str) -> Any:
+    new = request.form.get("password") or ""
+    try:
+        if new != (request.form.get("password2") or ""):
+            raise ValidationError("the two passwords differ", "password2")
+        with hg().uow(user_actor()) as ctx:
+            user = passwords.set_user_password(ctx, user_id[:32], new)
+            name = user.username
+    except HushgateError as exc:
+        return _operators_page(errors=errors_of(exc), status=error_status(exc))
+    flash(f"New password set for {name}; their sessions have ended.")
+    return redirect(url_for("web.operators"))
+
+
+@bp.post("/users/<user_id>/delete")
+@admin_required("admin")
+def user_delete(user_id: str) -> Any:
+    try:
+        with hg().uow(user_actor()) as ctx:
+            passwords.delete_user(ctx, user_id[:32])
+    except HushgateError as exc:
+        return _operators_page(errors=errors_of(exc), status=error_status(exc))
+    flash("Operator deleted; their sessions and API tokens are gone.")
+    return redirect(url_for("web.operators"))
+
+
+@bp.post("/accounts/<account_id>/invite")
+@admin_required("admin")
+def account_invite(account_id: str) -> Any:
+    try:
+        with hg().uow(user_actor()) as ctx:
+            passwords.invite_account(ctx, account_id[:32])
+    except HushgateError as exc:
+        flash(f"Not sent: {exc}")
+    else:
+        flash("Invitation queued: the holder gets a single-use link to set a password.")
+    return redirect(url_for("web.account_detail", account_id=account_id[:32]))
 
 
 @bp.post("/users/<user_id>/sessions/revoke")

@@ -67,7 +67,8 @@ def test_viewer_reads_but_every_admin_form_is_403(app, viewer, db, funded_accoun
     # Their own tokens and two-factor settings (the sign-in code step needs no role).
     allowed_for_viewers = {"/admin/tokens", "/admin/tokens/xxxxxxxx/revoke", "/admin/login/code",
                            "/admin/security/totp/begin", "/admin/security/totp/confirm",
-                           "/admin/security/totp/cancel", "/admin/security/totp/disable"}
+                           "/admin/security/totp/cancel", "/admin/security/totp/disable",
+                           "/admin/security/password"}  # everyone changes their own
     for url in _rules(app, "/admin", "POST"):
         if url in allowed_for_viewers:
             continue
