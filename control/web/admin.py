@@ -419,6 +419,7 @@ def audit_log() -> Any:
         rows = audit.list_events(db, limit=PAGE, before_seq=before, **filters)
     return render_template("web/audit.html", rows=rows, filters=filters,
                            actions=[a.value for a in audit.Action], verify=hg().last_verify,
+                           money_keys=AUDIT_MONEY_KEYS,
                            next_before=rows[-1].seq if len(rows) == PAGE else None)
 
 
@@ -439,7 +440,44 @@ def audit_verify() -> Any:
 def retention() -> Any:
     with hg().reader() as db:
         status = retention_service.retention_status(db, hg().config)
-    return render_template("web/retention.html", status=status, windows=hg().config.retention)
+    return render_template("web/retention.html", status=_retention_rows(status),
+                           windows=hg().config.retention)
+
+
+# Audit details that are wallet amounts (minor units): shown in the currency.
+AUDIT_MONEY_KEYS = frozenset({"amount", "amount_released", "balance", "owed"})
+
+# (key of retention_status, label, what an empty value means)
+_RETENTION_ROWS = [
+    ("last_run", "Last purge", "never yet"),
+    ("next_run", "Next purge", "after the first run"),
+    ("oldest_request_record", "Oldest request record", "none kept"),
+    ("oldest_request_record_age_days", "Its age (days)", "—"),
+    ("request_records_due", "Request records past their window", "0"),
+    ("oldest_audit_event", "Oldest audit event", "none"),
+    ("audit_events_due", "Audit events past their window", "0"),
+    ("audit_window_days_enforced", "Audit window the database enforces (days)", "—"),
+    ("audit_window_days_pending", "Audit window taking effect later (days)", "no change pending"),
+    ("audit_window_pending_from", "… from", "—"),
+    ("audit_checkpoint_seq", "Signed purge checkpoint (event #)", "none yet"),
+    ("accounts_due_for_erasure", "Deleted accounts due for erasure", "0"),
+    ("expired_holds", "Wallet holds left by a crashed process", "0"),
+]
+
+
+def _retention_rows(status: dict[str, Any]) -> list[tuple[str, str]]:
+    """The retention status as a reader wants it: labels, times in UTC, no "None"."""
+    rows = []
+    for key, label, empty in _RETENTION_ROWS:
+        value = status.get(key)
+        if value is None or value == "":
+            text = empty
+        elif isinstance(value, str) and "T" in value and value[:4].isdigit():
+            text = value.replace("T", " ")[:19] + " UTC"
+        else:
+            text = str(value)
+        rows.append((label, text))
+    return rows
 
 
 @bp.post("/retention/run")
