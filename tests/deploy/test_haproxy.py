@@ -17,7 +17,9 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -26,7 +28,8 @@ from sqlalchemy import select
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "proxy"))
 from proxy_helpers import PROVIDER_KEY, PROVIDER_KEY_ENV, catalog, setup_account  # noqa: E402
 
-from control.core import wallet  # noqa: E402
+from control.core import instances, wallet  # noqa: E402
+from control.core.base import utcnow  # noqa: E402
 from control.core.config import load_config  # noqa: E402
 from control.core.db import Database  # noqa: E402
 from control.core.models import LedgerEntry, RequestRecord  # noqa: E402
@@ -68,6 +71,7 @@ class Farm:
     lb_port: int
     proxies: list[subprocess.Popen]
     stats_socket: Path
+    config: Any = None
 
     def server_stats(self) -> dict[str, dict[str, str]]:
         """HAProxy's own view (stats socket, "show stat"): per server, its status and the
@@ -143,7 +147,7 @@ def farm(tmp_path: Path, backend: str, db_url: str, port_factory) -> Iterator[Fa
         haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(tmp_path / "haproxy.cfg")],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_healthy(lb_port)
-        farm = Farm(db, account_id, key, lb_port, procs, stats)
+        farm = Farm(db, account_id, key, lb_port, procs, stats, config)
         deadline = time.monotonic() + 10
         while any(s["status"] != "UP" for s in farm.server_stats().values()):
             assert time.monotonic() < deadline, farm.server_stats()
@@ -209,6 +213,14 @@ def test_haproxy_fails_over_and_the_books_balance(farm: Farm) -> None:
     # graceful stop of the survivor flushes its records; then the books
     stop(farm.proxies[1])
     assert farm.proxies[1].returncode == 0
+    # what the killed proxy held (its balance lease) is freed by the housekeeping sweep once
+    # its heartbeat has been silent for wallet.instance_dead_after_seconds
+    dead_after = farm.config.wallet["instance_dead_after_seconds"]
+    with farm.db.transaction() as s:
+        expired = instances.sweep_dead_instances(
+            s, farm.config.audit_hmac_key(), dead_after_seconds=dead_after,
+            now=utcnow() + timedelta(seconds=dead_after + 1))
+    assert expired >= 1
     with farm.db.read_transaction() as s:
         bal = wallet.get_balance(s, farm.account_id)
         assert bal.balance == wallet.ledger_sum(s, farm.account_id)
