@@ -10,7 +10,7 @@ import os
 import secrets
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -29,7 +29,8 @@ class Service(Protocol):
 
 
 def run_services(services: Sequence[tuple[str, Service]],
-                 stop_event: threading.Event | None = None) -> None:
+                 stop_event: threading.Event | None = None,
+                 after_start: Callable[[], None] | None = None) -> None:
     """Start every service in order, wait for SIGINT/SIGTERM, stop them in reverse order."""
     stop = stop_event or threading.Event()
     previous = {}
@@ -42,6 +43,8 @@ def run_services(services: Sequence[tuple[str, Service]],
             service.start()
             started.append((name, service))
             click.echo(f"{name}: {describe(service)}")
+        if after_start is not None:
+            after_start()
         click.echo("running; press Ctrl-C to stop")
         while not stop.wait(0.5):
             pass
@@ -158,7 +161,6 @@ def _control_services(host: str | None = None, port: int | None = None, threads:
 
     st = state()
     db = st.require_schema()
-    warn_placeholder_policy(st.config)
     services: list[tuple[str, Service]] = [
         ("control plane", ControlServer(st.config, host=host, port=port, threads=threads))]
     if housekeeping:
@@ -177,7 +179,8 @@ def serve_command(host: str | None, port: int | None, threads: int,
     """Run the control plane (admin UI, portal, API, webhook) on cheroot, over HTTPS when
     control.tls is set, with the scheduled retention purge, policy publication and mail
     delivery."""
-    run_services(_control_services(host, port, threads, housekeeping=not no_housekeeping))
+    run_services(_control_services(host, port, threads, housekeeping=not no_housekeeping),
+                 after_start=lambda: warn_placeholder_policy(state().config))
 
 
 def up_services(workers: int | None = None) -> list[tuple[str, Service]]:
@@ -204,7 +207,8 @@ def up_services(workers: int | None = None) -> list[tuple[str, Service]]:
 def up_command(workers: int | None) -> None:
     """Run everything one machine needs: the demo simulator (if configured), the proxy, the
     control plane and its scheduled housekeeping, on the configured database."""
-    run_services(up_services(workers))
+    run_services(up_services(workers),
+                 after_start=lambda: warn_placeholder_policy(state().config))
 
 
 COMMANDS = [proxy_command, simulator_command, serve_command, up_command]

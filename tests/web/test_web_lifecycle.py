@@ -55,7 +55,7 @@ def test_admin_erase_from_the_account_page(admin, db, funded_account):
 
 def test_retention_status_and_runs(admin, viewer, api, read_token, db):
     html = admin.get("/admin/retention").get_data(as_text=True)
-    assert "request_records_due" in html and "Run retention now" in html
+    assert "Request records past their window" in html and "Run retention now" in html
     assert "Run retention now" not in viewer.get("/admin/retention").get_data(as_text=True)
     assert viewer.post("/admin/retention/run", {"dry_run": "yes"},
                        page="/admin/retention").status_code == 403
