@@ -21,7 +21,7 @@ from control.core import (
 )
 from control.core import retention as retention_service
 from control.core.base import utcnow
-from control.core.errors import HushgateError, NotFound, ValidationError
+from control.core.errors import HushgateError, NotFound
 from control.core.models import Account, User
 from control.web import charts
 from control.web.auth import (
@@ -43,6 +43,7 @@ from control.web.forms import (
     errors_of,
     field,
     new_idempotency_key,
+    new_password,
     optional_datetime,
     optional_int,
     query_int,
@@ -636,10 +637,8 @@ def password_change() -> Any:
     sessions end, this one stays."""
     me = current_user()
     assert me is not None
-    new = request.form.get("password") or ""
     try:
-        if new != (request.form.get("password2") or ""):
-            raise ValidationError("the two passwords differ", "password2")
+        new = new_password()
         with hg().uow(user_actor()) as ctx:
             passwords.change_own_password(ctx, me.id, request.form.get("current_password")
                                           or "", new, keep_session=current_sid())
@@ -652,10 +651,8 @@ def password_change() -> Any:
 @bp.post("/users/<user_id>/password")
 @admin_required("admin")
 def user_password_set(user_id: str) -> Any:
-    new = request.form.get("password") or ""
     try:
-        if new != (request.form.get("password2") or ""):
-            raise ValidationError("the two passwords differ", "password2")
+        new = new_password()
         with hg().uow(user_actor()) as ctx:
             user = passwords.set_user_password(ctx, user_id[:32], new)
             name = user.username

@@ -13,6 +13,7 @@ from control.core.errors import (
     HushgateError,
     InsufficientFunds,
     NotFound,
+    ValidationError,
 )
 
 
@@ -56,3 +57,12 @@ def errors_of(exc: HushgateError) -> dict[str, str]:
     """Field -> message for the form (``_`` for a message about the whole form)."""
     name = getattr(exc, "field", None) or "_"
     return {name: str(exc)}
+
+
+def new_password() -> str:
+    """The form's ``password``, refused unless ``password2`` repeats it (the strength rules
+    are the service's)."""
+    password = request.form.get("password") or ""
+    if password != (request.form.get("password2") or ""):
+        raise ValidationError("the two passwords differ", "password2")
+    return password

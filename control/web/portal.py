@@ -30,7 +30,7 @@ from control.core import (
     stats,
     wallet,
 )
-from control.core.errors import HushgateError, NotFound, ValidationError
+from control.core.errors import HushgateError, NotFound
 from control.web.admin import dashboard_charts
 from control.web.auth import (
     account_actor,
@@ -43,7 +43,7 @@ from control.web.auth import (
     throttled_response,
 )
 from control.web.ext import hg
-from control.web.forms import error_status, errors_of, field, query_int
+from control.web.forms import error_status, errors_of, field, new_password, query_int
 
 bp = Blueprint("portal", __name__, template_folder="templates")
 PAGE = 50
@@ -61,10 +61,8 @@ def signup() -> Any:
     if request.method == "GET":
         return render_template("portal/signup.html", form={}, errors={}, age=age)
     form = {k: field(k, 300) for k in PROFILE}
-    password = request.form.get("password") or ""
     try:
-        if password != (request.form.get("password2") or ""):
-            raise ValidationError("the two passwords differ", "password2")
+        password = new_password()
         with hg().db.transaction() as db:
             account = accounts.create_account(
                 _ctx(db, audit.Actor("account", "signup")), **form,
@@ -131,10 +129,8 @@ def set_password(token: str) -> Any:
     if request.method == "GET":
         return render_template("portal/password.html", invalid=None, purpose=purpose,
                                errors={})
-    password = request.form.get("password") or ""
     try:
-        if password != (request.form.get("password2") or ""):
-            raise ValidationError("the two passwords differ", "password2")
+        password = new_password()
         with hg().uow(audit.Actor("account", "password-link")) as ctx:
             passwords.set_password_with_token(ctx, token, password)
     except passwords.InvalidLink as exc:
