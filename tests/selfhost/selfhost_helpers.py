@@ -9,6 +9,9 @@ from typing import Any
 from control.core.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
+# the Stripe double's keys (tests/stripe_double.py)
+SECRET_KEY = "sk_test_hushgate_double_0123456789"
+WEBHOOK_SECRET = "whsec_test_hushgate_double"
 
 
 def reconfigured(config: Config, **sections: dict[str, Any]) -> Config:

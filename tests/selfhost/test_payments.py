@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from selfhost_helpers import reconfigured
+from selfhost_helpers import SECRET_KEY, WEBHOOK_SECRET, reconfigured
 from sqlalchemy import func, select
 from stripe_double import StripeDouble
 
@@ -15,26 +15,8 @@ from control.core import payments, wallet
 from control.core.audit import Actor
 from control.core.errors import ConfigError, ValidationError
 from control.core.models import AuditEvent, CheckoutSession, LedgerEntry
-from control.web import create_app
 
-SECRET_KEY = "sk_test_hushgate_double_0123456789"
-WEBHOOK_SECRET = "whsec_test_hushgate_double"
 HOLDER = Actor("account", "holder")
-
-
-@pytest.fixture
-def stripe_api(config, db, monkeypatch):
-    """(payments-enabled config, the double wired to the real app's webhook)."""
-    monkeypatch.setenv("HUSHGATE_STRIPE_SECRET_KEY", SECRET_KEY)
-    monkeypatch.setenv("HUSHGATE_PAYMENT_WEBHOOK_SECRET", WEBHOOK_SECRET)
-    client = create_app(config, db, TESTING=True).test_client()
-
-    def deliver(body: bytes, headers: dict[str, str]) -> int:
-        return client.post("/webhooks/payments", data=body, headers=headers).status_code
-
-    with StripeDouble(SECRET_KEY, WEBHOOK_SECRET, deliver) as double:
-        yield reconfigured(config, payments={"provider": "stripe",
-                                             "api_base": double.api_base}), double
 
 
 def _checkout(db, config, account_id, amount):

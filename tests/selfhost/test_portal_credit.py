@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from selfhost_helpers import reconfigured
 from sqlalchemy import func, select
-from stripe_double import StripeDouble
 
 from control.core import wallet
 from control.core.models import Account, CheckoutSession
@@ -20,27 +18,16 @@ from control.web import create_app
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "web"))
 from web_helpers import Browser  # noqa: E402
 
-SECRET_KEY = "sk_test_hushgate_double_0123456789"
-WEBHOOK_SECRET = "whsec_test_hushgate_double"
 SIGNUP = {"name": "Mary Jackson", "email": "mary@example.com",
           "password": "a long enough password", "password2": "a long enough password",
           "adult": "yes"}
 
 
 @pytest.fixture
-def portal(config, db, monkeypatch):
+def portal(stripe_api, db):
     """(a browser on a portal with top-ups enabled, the Stripe double)."""
-    monkeypatch.setenv("HUSHGATE_STRIPE_SECRET_KEY", SECRET_KEY)
-    monkeypatch.setenv("HUSHGATE_PAYMENT_WEBHOOK_SECRET", WEBHOOK_SECRET)
-    hooks = create_app(config, db, TESTING=True).test_client()
-
-    def deliver(body: bytes, headers: dict[str, str]) -> int:
-        return hooks.post("/webhooks/payments", data=body, headers=headers).status_code
-
-    with StripeDouble(SECRET_KEY, WEBHOOK_SECRET, deliver) as double:
-        enabled = reconfigured(config, payments={"provider": "stripe",
-                                                 "api_base": double.api_base})
-        yield Browser(create_app(enabled, db, TESTING=True).test_client()), double
+    enabled, double = stripe_api
+    return Browser(create_app(enabled, db, TESTING=True).test_client()), double
 
 
 def _account_id(db) -> str:
