@@ -67,7 +67,8 @@ def show(account: str, as_json: bool) -> None:
         data = accounts.account_dict(a)
         bal = wallet.get_balance(session, a.id)
     scale, cur = st.config.wallet["minor_unit_scale"], st.config.wallet["currency"]
-    data.update(balance=bal.balance, held=bal.held, available=bal.available)
+    data.update(balance=bal.balance, held=bal.held, leased=bal.leased,
+                available=bal.available)
     if as_json:
         emit_json(data)
         return

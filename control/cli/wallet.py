@@ -73,10 +73,11 @@ def balance(account: str, as_json: bool) -> None:
         bal = wallet.get_balance(session, account_id)
     if as_json:
         emit_json({"account_id": account_id, "balance": bal.balance, "held": bal.held,
-                   "available": bal.available,
+                   "leased": bal.leased, "available": bal.available,
                    "currency": state().config.wallet["currency"]})
         return
-    click.echo(f"balance {_fmt(bal.balance)}, held {_fmt(bal.held)}, "
+    leased = f" (of which {_fmt(bal.leased)} set aside by running proxies)" if bal.leased else ""
+    click.echo(f"balance {_fmt(bal.balance)}, held {_fmt(bal.held)}{leased}, "
                f"available {_fmt(bal.available)}")
 
 

@@ -125,7 +125,8 @@ def _pieces(session: Session, config: Config, account_id: str) -> Iterator[str]:
         "account": profile, "preferences": preferences,
         "keys": [key_dict(k) for k in keys],
         "wallet": {"currency": w["currency"], "minor_unit_scale": w["minor_unit_scale"],
-                   "balance": bal.balance, "held": bal.held, "available": bal.available},
+                   "balance": bal.balance, "held": bal.held, "leased": bal.leased,
+                   "available": bal.available},
         "retention": {k: r[k] for k in ("request_records_days", "audit_events_days",
                                         "deleted_account_erasure_days")},
     }

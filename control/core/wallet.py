@@ -42,7 +42,7 @@ from control.core.errors import (
     NotFound,
     ValidationError,
 )
-from control.core.models import Account, ApiKey, Hold, LedgerEntry, Wallet
+from control.core.models import Account, ApiKey, BalanceLease, Hold, LedgerEntry, Wallet
 from control.core.money import format_amount
 
 log = logging.getLogger("hushgate.wallet")
@@ -50,8 +50,13 @@ log = logging.getLogger("hushgate.wallet")
 
 @dataclass(frozen=True)
 class Balance:
+    """``held`` counts open per-request holds and open balance leases (the part a running
+    proxy has set aside to admit requests without a database round trip); ``leased`` is that
+    second part, given back when the account is idle, at shutdown, or by the sweep."""
+
     balance: int
     held: int
+    leased: int = 0
 
     @property
     def available(self) -> int:
@@ -74,7 +79,13 @@ def get_balance(session: Session, account_id: str) -> Balance:
         if session.get(Account, account_id) is None:
             raise NotFound(f"unknown account {account_id}")
         return Balance(0, 0)
-    return Balance(row.balance, row.held)
+    leased = 0
+    if row.held:
+        leased = session.execute(
+            select(func.coalesce(func.sum(BalanceLease.amount), 0))
+            .where(BalanceLease.account_id == account_id, BalanceLease.status == "open")
+        ).scalar_one()
+    return Balance(row.balance, row.held, int(leased))
 
 
 def _params_hash(*parts: object) -> str:

@@ -86,6 +86,8 @@ def test_grant_is_conditional_and_shrinks_near_the_end(db, funded_account):
         with pytest.raises(InsufficientFunds):
             wallet.reserve(s, funded_account, 1)
         assert leases.return_lease(s, funded_account, g.lease_id, 1_000_000) == 1_000_000
+        bal = wallet.get_balance(s, funded_account)  # what a user sees: held, and why
+        assert (bal.held, bal.leased) == (9_000_000, 6_500_000)
         with pytest.raises(NotFound):
             leases.grant_lease(s, funded_account, "other", 1, lease_id=g.lease_id)
     assert assert_books_balance(db, funded_account).available == 1_000_000
