@@ -211,6 +211,10 @@ class OutcomeCommitter:
     def submit(self, outcome: Outcome) -> Future[None]:
         """Queue one finished request; the future resolves once it is durable."""
         future: Future[None] = Future()
+        # Running from the start: a waiter that goes away (its client disconnected, its
+        # task was cancelled) can't cancel it, so resolving it never fails and the
+        # committer thread never dies of it. The outcome is committed all the same.
+        future.set_running_or_notify_cancel()
         with self._idle:
             self._pending += 1
         self._queue.put((outcome, future, time.monotonic()))

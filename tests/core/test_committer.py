@@ -45,6 +45,28 @@ def test_concurrent_submissions_share_batches(db, funded_account):
     assert (bal.balance, bal.held) == (10_000_000 - sum(100 + i for i in range(60)), 0)
 
 
+def test_a_waiter_that_goes_away_stops_nothing(db, funded_account, tmp_path):
+    """A client that disconnects while its charge is being made durable cancels the task
+    awaiting it; the committer commits it anyway and goes on with the next ones."""
+    import asyncio
+
+    committer = OutcomeCommitter(db, journal=OutcomeJournal(tmp_path / "j.jsonl")).start()
+    outcomes = _held_outcomes(db, funded_account, 3, "gone")
+
+    async def main():
+        waiter = asyncio.ensure_future(asyncio.wrap_future(committer.submit(outcomes[0])))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        for o in outcomes[1:]:
+            await asyncio.wrap_future(committer.submit(o))
+
+    asyncio.run(main())
+    assert committer.drain(10) and committer.alive
+    committer.close()
+    bal = assert_books_balance(db, funded_account)
+    assert (bal.balance, bal.held) == (10_000_000 - 100 - 101 - 102, 0)
+
+
 def test_journal_replay_after_a_crash_charges_exactly_once(db, funded_account, tmp_path):
     path = tmp_path / "journal" / "outcomes.jsonl"
     journal = OutcomeJournal(path)
