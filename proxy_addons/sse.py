@@ -31,6 +31,10 @@ _EVENT_END = re.compile(rb"\r?\n\r?\n")
 #: Keys whose string values are generated text (for the estimate when usage is missing).
 _TEXT_KEYS = frozenset({"content", "text", "arguments", "partial_json", "refusal", "thinking",
                         "delta"})
+#: A text key with a string value, in raw JSON (the value's escapes intact).
+_TEXT_VALUE = re.compile(rb'"(?:' + b"|".join(re.escape(k.encode()) for k in sorted(_TEXT_KEYS))
+                         + rb')"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 
 
 def _int(value: Any) -> int:
@@ -112,6 +116,30 @@ def is_usage_only_chunk(obj: Any) -> bool:
             and isinstance(obj.get("usage"), dict))
 
 
+def raw_text_chars(payload: bytes) -> int:
+    """:func:`text_chars` of an OpenAI chunk's ``choices``, read from the raw JSON without
+    parsing it (the hot path of a stream: most events are one text delta). Exact: a value
+    with escapes is decoded before it is counted."""
+    total = 0
+    for m in _TEXT_VALUE.finditer(payload):
+        value = m.group(1)
+        if b"\\" in value:
+            try:
+                total += len(json.loads(b'"' + value + b'"'))
+            except ValueError:
+                continue
+        else:
+            total += len(value.decode("utf-8", "replace"))
+    return total
+
+
+def _plain_chunk(payload: bytes) -> bool:
+    """An OpenAI chat/completions chunk with nothing but text: no usage object, no event
+    ``type`` (Anthropic and Responses events have one), so only its text counts."""
+    return (b'"choices"' in payload and b'"type"' not in payload
+            and (b'"usage"' not in payload or _USAGE_OBJECT.search(payload) is None))
+
+
 def _data_payload(event: bytes) -> bytes | None:
     """The joined ``data:`` lines of one SSE event."""
     parts = []
@@ -167,31 +195,40 @@ class StreamTap:
         return self._scan()
 
     def _scan(self) -> bytes:
-        """Consume complete events from the pending buffer; return the bytes to forward."""
-        buf = self._pending
-        start = 0
-        out = bytearray()
-        for m in _EVENT_END.finditer(buf):
-            event = bytes(buf[start:m.end()])
-            start = m.end()
-            if self._event(event):
-                out += event
-        del buf[:start]
-        if len(buf) > MAX_LINE:
+        """Consume complete events from the pending buffer; return the bytes to forward
+        (unchanged, in one piece, unless an event is hidden)."""
+        data = bytes(self._pending)
+        start = kept = 0
+        out = b""
+        for m in _EVENT_END.finditer(data):
+            end = m.end()
+            if not self._event(data[start:end]):
+                out += data[kept:start]
+                kept = end
+            start = end
+        out += data[kept:start]
+        del self._pending[:start]
+        if len(self._pending) > MAX_LINE:
             # An event too long to parse: forward it unparsed (it counts for nothing).
-            out += buf
-            buf.clear()
-        return bytes(out)
+            out += bytes(self._pending)
+            self._pending.clear()
+        return out
 
     def _event(self, event: bytes) -> bool:
         """Read one SSE event. Returns False if it must be hidden from the client."""
-        payload = _data_payload(event)
+        if event.startswith(b"data: ") and event.count(b"\n") <= 2 and b"\r" not in event:
+            payload: bytes | None = event[6:].rstrip(b"\n").lstrip(b" ")  # one data line
+        else:
+            payload = _data_payload(event)
         if payload == b"[DONE]":
             self.ended = True
             return True
         if payload is None:
             return True
         self.events += 1
+        if _plain_chunk(payload):
+            self.text += raw_text_chars(payload)
+            return True
         try:
             obj = json.loads(payload)
         except ValueError:

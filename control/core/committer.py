@@ -14,6 +14,14 @@ and fsynced to the local journal (metadata only, 0600); the database commit foll
 (idempotent: the request id is the charge's idempotency key). Loss window with a journal:
 none for acknowledged requests, as long as the journal's disk survives.
 
+With a journal, outcomes spent inside a balance lease reach the database in batches at
+most :data:`SETTLE_DELAY` seconds late (or sooner, once ``max_batch`` are waiting): nothing
+waits for them (the lease's free part is already back in memory), and one transaction per
+request at low concurrency would cost more CPU than the request itself. An outcome with a
+per-request hold is settled at once, since that hold blocks the customer's balance until
+it is closed. Emptying the journal needs no fsync: a replayed line of a request already
+committed is skipped.
+
 A batch that fails for any reason other than an unreachable database is split in halves
 until the outcome that fails is alone (poison isolation): the others are committed; the
 poison outcome is retried once with a minimal record (the same money, the fields that can't
@@ -45,6 +53,10 @@ from control.core.outcomes import Outcome, Settlement, settle_outcomes
 
 log = logging.getLogger("hushgate.committer")
 _STOP = object()
+#: With a journal: how late a lease-backed outcome may reach the database (seconds).
+SETTLE_DELAY = 0.05
+#: After a failed database commit of journaled outcomes, the next try (seconds).
+RETRY_DELAY = 0.5
 
 
 class OutcomeJournal:
@@ -113,8 +125,10 @@ class OutcomeJournal:
         return out
 
     def truncate(self) -> None:
+        """Empty the journal once all of it is committed. No fsync: if the emptying is lost
+        in a crash, replaying lines already committed is a no-op (skipped by request id),
+        and the next append's fsync makes it durable anyway."""
         os.ftruncate(self._fd, 0)
-        os.fsync(self._fd)
 
     def close(self) -> None:
         os.close(self._fd)  # also releases the lock
@@ -168,6 +182,7 @@ class OutcomeCommitter:
         self._thread = threading.Thread(target=self._run, name="hushgate-committer",
                                         daemon=True)
         self._unsettled: list[Outcome] = []  # journaled, not yet in the database
+        self._settle_at: float | None = None  # when the unsettled outcomes are due
         self.batches = 0
         self.committed = 0
         self.rejected = 0
@@ -294,8 +309,8 @@ class OutcomeCommitter:
     def _run(self) -> None:
         stop = False
         while not stop:
-            try:  # journaled outcomes still to commit: retry them even when idle
-                first = self._queue.get(timeout=0.5 if self._unsettled else None)
+            try:  # journaled outcomes still to commit: commit them when due, even when idle
+                first = self._queue.get(timeout=self._until_due())
             except queue.Empty:
                 self._flush_unsettled()
                 continue
@@ -313,7 +328,7 @@ class OutcomeCommitter:
                     break
                 batch.append(item)
             self._commit(batch)
-        self._flush_unsettled(final=True)
+        self._flush_unsettled()
 
     @property
     def pending(self) -> int:
@@ -335,7 +350,11 @@ class OutcomeCommitter:
             for _, f, _ in batch:
                 f.set_result(None)  # durable in the journal
             self._unsettled.extend(outcomes)
-            self._flush_unsettled()
+            if self._settle_at is None:
+                self._settle_at = time.monotonic() + SETTLE_DELAY
+            if (len(self._unsettled) >= self._max_batch or time.monotonic() >= self._settle_at
+                    or any(o.hold_id is not None for o in outcomes)):
+                self._flush_unsettled()
             return
         delay = 0.05
         while True:  # no journal: durable only in the database
@@ -353,9 +372,20 @@ class OutcomeCommitter:
         for _, f, _ in batch:
             f.set_result(None)
 
-    def _flush_unsettled(self, final: bool = False) -> int:
-        """Commit the journaled outcomes; returns how many were newly charged."""
+    def _until_due(self) -> float | None:
+        """How long the committer may wait for new outcomes before the journaled ones are
+        due (None: nothing is waiting)."""
+        if not self._unsettled:
+            return None
+        if self._settle_at is None:
+            self._settle_at = time.monotonic()
+        return max(0.0, self._settle_at - time.monotonic())
+
+    def _flush_unsettled(self) -> int:
+        """Commit the journaled outcomes; returns how many were newly charged. On failure
+        they stay journaled and are retried after :data:`RETRY_DELAY`."""
         charged = 0
+        self._settle_at = None
         if self._unsettled:
             try:
                 while self._unsettled:
@@ -368,10 +398,10 @@ class OutcomeCommitter:
             except Exception as exc:  # noqa: BLE001 - unreachable: kept in the journal; retried
                 log.error("hushgate: committing journaled outcomes failed (%s)",
                           type(exc).__name__)
-                if not final:
-                    time.sleep(0.05)
+                self._settle_at = time.monotonic() + RETRY_DELAY
                 return charged  # still in the journal: retried, or replayed at start-up
-        # Everything journaled is committed now: empty the journal (not after every batch).
-        if self._journal is not None and (final or self._queue.empty()):
+        # Everything journaled is committed now (what is still queued was never written):
+        # empty the journal, so it never grows under sustained load.
+        if self._journal is not None:
             self._journal.truncate()
         return charged

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mitmproxy.http import Headers
 
 from control.core.config import Model, Prices, Provider
@@ -24,7 +26,7 @@ from proxy_addons.pricing import (
 from proxy_addons.route import parse_body, requested_choices, requested_output_tokens, route
 from proxy_addons.safety import RedactingFilter, unsafe_options
 from proxy_addons.services import privacy_ip
-from proxy_addons.sse import StreamTap, read_json_body, usage_from_obj
+from proxy_addons.sse import StreamTap, raw_text_chars, read_json_body, text_chars, usage_from_obj
 from proxy_addons.state import FlowState, Refusal
 from proxy_addons.wire import error_body
 
@@ -199,6 +201,35 @@ def test_stream_tap_hides_only_the_usage_chunk(split, hide):
     assert out == (chunks[0] + chunks[2] if hide else data)
     assert (tap.usage.input_tokens, tap.usage.output_tokens) == (3, 2)
     assert tap.text == len("hello world")
+
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(content=_TEXT, arguments=_TEXT, refusal=st.none() | _TEXT,
+       ascii_only=st.booleans(), usage_null=st.booleans(), spaced=st.booleans())
+def test_stream_tap_counts_a_plain_chunk_exactly_without_parsing(
+        content, arguments, refusal, ascii_only, usage_null, spaced):
+    """The stream's hot path reads a text chunk's characters from the raw JSON; it must
+    agree with a full parse whatever the text holds (quotes, escapes, non-ASCII)."""
+    delta = {"role": "assistant", "content": content,
+             "tool_calls": [{"index": 0, "function": {"name": "f", "arguments": arguments}}]}
+    if refusal is not None:
+        delta["refusal"] = refusal
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "model": "m",
+             "choices": [{"index": 0, "delta": delta, "logprobs": {"content": [
+                 {"token": "tok", "logprob": -1.0}]}, "finish_reason": None}]}
+    if usage_null:
+        chunk["usage"] = None
+    raw = json.dumps(chunk, ensure_ascii=ascii_only,
+                     separators=(", ", ": ") if spaced else (",", ":")).encode()
+    expected = text_chars(chunk["choices"])
+    assert raw_text_chars(raw) == expected
+    tap = StreamTap("openai")
+    tap(b"data: " + raw + b"\n\n")
+    tap(b"")
+    assert tap.text == expected and not tap.usage.seen
 
 
 def test_stream_tap_never_returns_empty_bytes_for_data():
