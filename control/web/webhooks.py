@@ -31,14 +31,12 @@ from flask import Blueprint, Response, jsonify, request
 from control.core import payment_events, validation
 from control.core.audit import Actor
 from control.core.errors import HushgateError, NotFound, ValidationError
+from control.core.payments import currency_decimals
 
 bp = Blueprint("webhooks", __name__)
 ACTOR = Actor("webhook", "payments")
 CREDIT_EVENTS = {"checkout.session.completed": "amount_total",
                  "payment_intent.succeeded": "amount_received"}
-ZERO_DECIMAL = {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx",
-                "vnd", "vuv", "xaf", "xof", "xpf"}
-THREE_DECIMAL = {"bhd", "jod", "kwd", "omr", "tnd"}
 
 
 class WebhookRefused(Exception):
@@ -78,11 +76,6 @@ def verify_signature(payload: bytes, header: str | None, secret: str, tolerance:
     if not ok:
         raise WebhookRefused(400, "signature_invalid", "signature does not match")
     return timestamp
-
-
-def currency_decimals(currency: str) -> int:
-    c = currency.lower()
-    return 0 if c in ZERO_DECIMAL else 3 if c in THREE_DECIMAL else 2
 
 
 def to_minor_units(amount: int, currency: str, scale: int) -> int:
