@@ -10,8 +10,8 @@ So the session carries exactly what that webhook reads:
 - one line item of the amount, in the wallet currency's smallest unit (cents for USD);
 - card payments only, so a completed session is a paid one (``payment_status: paid``);
 - no metadata on the PaymentIntent: were the endpoint also subscribed to
-  ``payment_intent.succeeded``, that event then names no account and credits nothing, so one
-  payment can never be credited twice.
+  ``payment_intent.succeeded``, that event then names no account and is acknowledged without
+  crediting anything, so one payment can never be credited twice.
 
 Amounts here are wallet minor units (``wallet.minor_unit_scale``), within
 ``payments.min_amount``..``payments.max_amount``; nothing about the holder but the account id
