@@ -33,7 +33,7 @@ from control.core.context import Ctx
 from control.core.errors import ConfigError, HushgateError, ValidationError
 from control.core.models import CheckoutSession
 from control.core.money import format_amount
-from control.core.passwords import control_url, public_url
+from control.core.passwords import control_url, listen_url
 
 log = logging.getLogger("hushgate.payments")
 # The SDK's own log lines quote the key's last digits, the request's parameters and the
@@ -164,7 +164,7 @@ def price_list(config: Config) -> list[Price]:
 
 def gateway_url(config: Config) -> str:
     """The base URL clients give their SDK (``…/v1``)."""
-    return public_url(config.proxy) + "/v1"
+    return listen_url(config.proxy) + "/v1"
 
 
 def checkout_origin(config: Config) -> str:
