@@ -62,6 +62,10 @@ DEFAULTS: dict[str, Any] = {
         "login_max_delay_seconds": 300,
         "payment_webhook_secret_env": "HUSHGATE_PAYMENT_WEBHOOK_SECRET",
         "payment_webhook_tolerance_seconds": 300,
+        # the base of links in messages and processor return pages; null: the listen address
+        "public_url": None,
+        "password_reset_minutes": 30,
+        "invite_hours": 72,
     },
     "providers": [
         {

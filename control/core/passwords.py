@@ -36,9 +36,6 @@ from control.core.context import Ctx
 from control.core.errors import HushgateError, NotFound, ValidationError
 from control.core.models import Account, AdminToken, PasswordToken, User
 
-# Until ``control.password_reset_minutes`` / ``control.invite_hours`` exist in the config.
-RESET_MINUTES = 30
-INVITE_HOURS = 72
 RESET_INTERVAL_SECONDS = 60  # at most one reset message per account this often
 SET_PASSWORD_PATH = "/portal/password/"
 _MAC_LABEL = b"hushgate-password-link|"
@@ -53,19 +50,20 @@ class InvalidLink(HushgateError):
 # -- links ----------------------------------------------------------------------------------
 
 
-def public_url(section: dict[str, Any]) -> str:
-    """The public base URL of a listener section (``control`` or ``proxy``): its
-    ``public_url`` when configured, else its listen address (https when it serves TLS)."""
-    if section.get("public_url"):
-        return str(section["public_url"]).rstrip("/")
-    scheme = "https" if (section.get("tls") or {}).get("cert_file") else "http"
+def listen_url(section: dict[str, Any]) -> str:
+    """The base URL a listener section (``control`` or ``proxy``) serves at: its listen
+    address, https when it serves TLS."""
+    scheme = "https" if section["tls"]["cert_file"] else "http"
     host = section["listen_host"]
     return f"{scheme}://{f'[{host}]' if ':' in host else host}:{section['listen_port']}"
 
 
 def control_url(config: Config, path: str) -> str:
-    """An absolute URL of the control plane (links in messages, processor return pages)."""
-    return public_url(config.control) + path
+    """An absolute URL of the control plane (links in messages, processor return pages):
+    under ``control.public_url`` when configured (e.g. behind a reverse proxy), else under
+    its listen address."""
+    base = config.control["public_url"]
+    return (base.rstrip("/") if base else listen_url(config.control)) + path
 
 
 def _mac(config: Config, token_id: str) -> str:
@@ -86,8 +84,8 @@ def link(config: Config, token_id: str) -> str:
 
 def _lifetimes(config: Config) -> dict[str, timedelta]:
     c = config.control
-    return {"reset": timedelta(minutes=c.get("password_reset_minutes", RESET_MINUTES)),
-            "invite": timedelta(hours=c.get("invite_hours", INVITE_HOURS))}
+    return {"reset": timedelta(minutes=c["password_reset_minutes"]),
+            "invite": timedelta(hours=c["invite_hours"])}
 
 
 def _issue(session: Session, config: Config, account: Account, purpose: str,
@@ -130,9 +128,8 @@ def request_reset(ctx: Ctx, email: str) -> None:
     if recent is not None:
         return
     token = _issue(ctx.session, ctx.config, account, "reset", now)
-    minutes = int(_lifetimes(ctx.config)["reset"].total_seconds() // 60)
     notify.send(ctx.session, ctx.config, account.id, "password_reset", token_id=token.id,
-                minutes=minutes)
+                minutes=ctx.config.control["password_reset_minutes"])
     ctx.audit(Action.ACCOUNT_PASSWORD_RESET_REQUESTED, "account", account.id,
               expires_at=token.expires_at.isoformat())
 
@@ -147,9 +144,8 @@ def invite_account(ctx: Ctx, account_id: str) -> PasswordToken:
         raise ValidationError("the account already has a password (the holder can use "
                               "'forgot password')", "account")
     token = _issue(ctx.session, ctx.config, account, "invite", utcnow())
-    hours = int(_lifetimes(ctx.config)["invite"].total_seconds() // 3600)
     notify.send(ctx.session, ctx.config, account.id, "account_invite", token_id=token.id,
-                hours=hours)
+                hours=ctx.config.control["invite_hours"])
     ctx.audit(Action.ACCOUNT_INVITED, "account", account.id,
               expires_at=token.expires_at.isoformat())
     return token

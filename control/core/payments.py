@@ -10,8 +10,8 @@ So the session carries exactly what that webhook reads:
 - one line item of the amount, in the wallet currency's smallest unit (cents for USD);
 - card payments only, so a completed session is a paid one (``payment_status: paid``);
 - no metadata on the PaymentIntent: were the endpoint also subscribed to
-  ``payment_intent.succeeded``, that event then names no account and credits nothing, so one
-  payment can never be credited twice.
+  ``payment_intent.succeeded``, that event then names no account and is acknowledged without
+  crediting anything, so one payment can never be credited twice.
 
 Amounts here are wallet minor units (``wallet.minor_unit_scale``), within
 ``payments.min_amount``..``payments.max_amount``; nothing about the holder but the account id
@@ -33,7 +33,7 @@ from control.core.context import Ctx
 from control.core.errors import ConfigError, HushgateError, ValidationError
 from control.core.models import CheckoutSession
 from control.core.money import format_amount
-from control.core.passwords import control_url, public_url
+from control.core.passwords import control_url, listen_url
 
 log = logging.getLogger("hushgate.payments")
 # The SDK's own log lines quote the key's last digits, the request's parameters and the
@@ -164,7 +164,7 @@ def price_list(config: Config) -> list[Price]:
 
 def gateway_url(config: Config) -> str:
     """The base URL clients give their SDK (``…/v1``)."""
-    return public_url(config.proxy) + "/v1"
+    return listen_url(config.proxy) + "/v1"
 
 
 def checkout_origin(config: Config) -> str:

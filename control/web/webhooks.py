@@ -12,10 +12,15 @@ only when ``payment_status`` is ``paid``) and ``payment_intent.succeeded``
 ``data.object.metadata.account_id``. Amounts are in the currency's smallest unit as the
 processor sends them (cents for USD); they are converted to hushgate minor units by
 ``amount * minor_unit_scale / 10**decimals(currency)`` and must be in the wallet currency.
-Other event types are acknowledged and ignored. Each event id is applied at most once across
-all accounts (``control.core.payment_events``), so a replay is acknowledged (200) and changes
-nothing, and a payment for a deleted or erased account is acknowledged, not credited, and
-kept for the operator.
+Other event types are acknowledged and ignored, and so is a payment whose ``metadata`` names
+no ``account_id`` (in any currency): it did not come from hushgate's checkout (another product
+on the same Stripe account, or the PaymentIntent behind a hushgate Checkout Session, which
+carries no metadata), and refusing it would only make the processor retry it for days and
+then disable the endpoint (the ``reason`` of an ignored event says which: ``event_type``,
+``unpaid``, ``no_account``). Each event id is applied at most once across all accounts
+(``control.core.payment_events``), so a replay is acknowledged (200) and changes nothing, and
+a payment for a deleted or erased account is acknowledged, not credited, and kept for the
+operator. A forged or unsigned event is refused (400) before any of this is read.
 """
 
 from __future__ import annotations
@@ -24,21 +29,19 @@ import hashlib
 import hmac
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from flask import Blueprint, Response, jsonify, request
 
 from control.core import payment_events, validation
 from control.core.audit import Actor
 from control.core.errors import HushgateError, NotFound, ValidationError
+from control.core.payments import currency_decimals
 
 bp = Blueprint("webhooks", __name__)
 ACTOR = Actor("webhook", "payments")
 CREDIT_EVENTS = {"checkout.session.completed": "amount_total",
                  "payment_intent.succeeded": "amount_received"}
-ZERO_DECIMAL = {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx",
-                "vnd", "vuv", "xaf", "xof", "xpf"}
-THREE_DECIMAL = {"bhd", "jod", "kwd", "omr", "tnd"}
 
 
 class WebhookRefused(Exception):
@@ -80,11 +83,6 @@ def verify_signature(payload: bytes, header: str | None, secret: str, tolerance:
     return timestamp
 
 
-def currency_decimals(currency: str) -> int:
-    c = currency.lower()
-    return 0 if c in ZERO_DECIMAL else 3 if c in THREE_DECIMAL else 2
-
-
 def to_minor_units(amount: int, currency: str, scale: int) -> int:
     """Processor smallest units -> hushgate minor units (exact, or refused)."""
     units, rem = divmod(amount * scale, 10 ** currency_decimals(currency))
@@ -104,29 +102,40 @@ def parse_event(payload: bytes) -> dict[str, Any]:
     return event
 
 
+class Ignored(NamedTuple):
+    """An event acknowledged without crediting anything, and why."""
+
+    reason: str  # event_type | unpaid | no_account
+
+
 def credit_of(event: dict[str, Any], wallet_currency: str,
-              scale: int) -> tuple[str, int] | None:
-    """(account id, minor units) for a crediting event, None for events we ignore."""
+              scale: int) -> tuple[str, int] | Ignored:
+    """(account id, minor units) for a crediting event; Ignored for events we acknowledge
+    and leave alone; WebhookRefused for a hushgate payment we cannot apply."""
     field = CREDIT_EVENTS.get(event["type"])
     if field is None:
-        return None
+        return Ignored("event_type")
     obj = (event.get("data") or {}).get("object") if isinstance(event.get("data"), dict) else None
     if not isinstance(obj, dict):
         raise WebhookRefused(400, "malformed", "event has no data.object")
     if event["type"] == "checkout.session.completed" and obj.get("payment_status", "paid") \
             != "paid":
-        return None
-    amount = obj.get(field, obj.get("amount"))
-    currency = obj.get("currency")
+        return Ignored("unpaid")
     metadata = obj.get("metadata")
     account_id = metadata.get("account_id") if isinstance(metadata, dict) else None
+    # Checked before the amount and the currency: a payment of another product may be in any
+    # currency. Stripe drops metadata keys set to "", so "" is as absent as a missing key.
+    if account_id is None or account_id == "":
+        return Ignored("no_account")
+    if not isinstance(account_id, str) or len(account_id) > 32:
+        raise WebhookRefused(422, "account_invalid", "metadata.account_id is not an account id")
+    amount = obj.get(field, obj.get("amount"))
+    currency = obj.get("currency")
     if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
         raise WebhookRefused(422, "amount_invalid", f"data.object.{field} must be positive")
     if not isinstance(currency, str) or currency.lower() != wallet_currency.lower():
         raise WebhookRefused(422, "currency_mismatch",
                              f"currency must be {wallet_currency.lower()}")
-    if not isinstance(account_id, str) or not 0 < len(account_id) <= 32:
-        raise WebhookRefused(422, "account_missing", "metadata.account_id is missing")
     return account_id, to_minor_units(amount, currency, scale)
 
 
@@ -151,8 +160,8 @@ def payments() -> Any:
         credit = credit_of(event, config.wallet["currency"], config.wallet["minor_unit_scale"])
     except WebhookRefused as exc:
         return _refuse(exc.status, exc.code, exc.message)
-    if credit is None:
-        return {"received": True, "ignored": True}
+    if isinstance(credit, Ignored):
+        return {"received": True, "ignored": True, "reason": credit.reason}
     account_id, amount = credit
     try:
         outcome = payment_events.apply_payment(lambda: hg().uow(ACTOR), event["id"],

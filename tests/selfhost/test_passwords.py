@@ -7,12 +7,15 @@ import re
 from datetime import timedelta
 
 import pytest
+from selfhost_helpers import reconfigured
 from sqlalchemy import func, select, text, update
 
 from control.core import accounts, admin_tokens, notify, passwords, sessions
 from control.core.audit import Actor
 from control.core.base import utcnow
-from control.core.errors import ValidationError
+from control.core.config import load_config
+from control.core.context import Ctx
+from control.core.errors import ConfigError, ValidationError
 from control.core.models import AuditEvent, Notification, PasswordToken, User, WebSession
 
 OLD_PW, NEW_PW = "first password 1", "second password 2"
@@ -164,6 +167,59 @@ def test_an_invited_account_sets_its_first_password(db, uow, config, mail):
         details = s.scalars(select(AuditEvent.details).where(
             AuditEvent.action == "account.password_reset")).one()
     assert details == {"purpose": "invite"} and "account.invited" in _actions(db)
+
+
+def _usable_at(db, config, token, monkeypatch, later: timedelta) -> bool:
+    """Whether the link is still accepted ``later`` from now."""
+    with monkeypatch.context() as m, db.read_transaction() as s:
+        m.setattr(passwords, "utcnow", lambda: utcnow() + later)
+        try:
+            passwords.check_link(s, config, token)
+        except passwords.InvalidLink:
+            return False
+    return True
+
+
+def test_a_reset_link_lasts_the_configured_minutes(db, uow, mail, monkeypatch):
+    mail_config, inbox = mail
+    config = reconfigured(mail_config, control={"password_reset_minutes": 10})
+    _holder(uow)
+    with db.transaction() as s:
+        passwords.request_reset(Ctx(s, config, Actor("account", "reset")), "grace@example.com")
+    msg, token = _deliver(db, config, inbox, "grace@example.com")
+    assert "within 10 minutes" in _body(msg)
+    assert _usable_at(db, config, token, monkeypatch, timedelta(minutes=9))
+    assert not _usable_at(db, config, token, monkeypatch, timedelta(minutes=11))
+
+
+def test_an_invite_link_uses_the_public_url_and_the_configured_hours(db, mail, monkeypatch):
+    mail_config, inbox = mail
+    config = reconfigured(mail_config, control={"public_url": "https://gateway.example.com/",
+                                                "invite_hours": 48})
+    with db.transaction() as s:
+        ctx = Ctx(s, config, Actor("cli", "test-admin"))
+        account_id = accounts.create_account(ctx, name="Ivy", email="ivy@example.com",
+                                             adult_attested=True).id
+        passwords.invite_account(ctx, account_id)
+    assert notify.deliver_pending(db, config).sent == 1
+    (msg,) = inbox.to("ivy@example.com")
+    match = re.search(r"https://gateway\.example\.com/portal/password/(\S+)", _body(msg))
+    assert match, _body(msg)
+    assert "within 48 hours" in _body(msg) and "127.0.0.1" not in _body(msg)
+    assert _usable_at(db, config, match.group(1), monkeypatch, timedelta(hours=47))
+    assert not _usable_at(db, config, match.group(1), monkeypatch, timedelta(hours=49))
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("password_reset_minutes", 0), ("password_reset_minutes", 1441),
+    ("password_reset_minutes", "30"), ("invite_hours", 0), ("invite_hours", 721),
+    ("invite_hours", 1.5), ("public_url", "gateway.example.com"),
+    ("public_url", "https://gateway.example.com/?next=x"), ("public_url", "ftp://gateway")])
+def test_out_of_range_link_settings_are_refused_naming_the_key(tmp_path, key, value):
+    path = tmp_path / "hushgate.yaml"
+    path.write_text(f"control:\n  {key}: {value!r}\n")
+    with pytest.raises(ConfigError, match=rf"^invalid configuration: control\.{key}: "):
+        load_config(path)
 
 
 def test_spent_and_expired_links_are_purged(db, uow, mail):

@@ -63,6 +63,27 @@ def test_a_paid_checkout_credits_the_wallet_once(db, funded_account, stripe_api)
     assert actions.count("wallet.payment_received") == 1
 
 
+def test_the_payment_intent_of_a_checkout_is_acknowledged_and_credits_nothing_more(
+        db, funded_account, stripe_api):
+    """An endpoint also subscribed to ``payment_intent.succeeded`` gets that event for every
+    hushgate checkout too, without metadata: it is answered 200 (Stripe stops retrying) and
+    the payment is credited once, by ``checkout.session.completed``."""
+    config, double = stripe_api
+    checkout = _checkout(db, config, funded_account, 25_000_000)
+    session = double.complete(checkout.session_id)["data"]["object"]
+    intent = {"id": "evt_test_pi_" + checkout.reference, "object": "event",
+              "type": "payment_intent.succeeded", "livemode": False,
+              "data": {"object": {"id": session["payment_intent"], "object": "payment_intent",
+                                  "amount": 2500, "amount_received": 2500, "currency": "usd",
+                                  "status": "succeeded", "metadata": {}}}}
+    assert double.redeliver(intent) == 200
+    assert [status for _, status in double.deliveries] == [200, 200]
+    with db.read_transaction() as s:
+        assert wallet.get_balance(s, funded_account).balance == 35_000_000
+        assert s.scalar(select(func.count()).select_from(LedgerEntry)
+                        .where(LedgerEntry.account_id == funded_account)) == 2  # seed + 25 USD
+
+
 def test_the_hosted_page_pays_and_returns_to_the_portal(db, funded_account, stripe_api):
     config, double = stripe_api
     import requests

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from web_helpers import sqlite_only
 
 from control.core import wallet
-from control.core.models import AuditEvent, LedgerEntry
+from control.core.models import AuditEvent, LedgerEntry, PaymentEvent
 from control.web.webhooks import to_minor_units, verify_signature
 
 SECRET = "whsec_test_0123456789abcdef"
@@ -22,11 +22,14 @@ def webhook_secret(monkeypatch):
     monkeypatch.setenv("HUSHGATE_PAYMENT_WEBHOOK_SECRET", SECRET)
 
 
-def _event(account_id: str, *, event_id: str = "evt_1", amount: int = 2500,
-           kind: str = "checkout.session.completed", currency: str = "usd") -> str:
+def _event(account_id: object, *, event_id: str = "evt_1", amount: int = 2500,
+           kind: str = "checkout.session.completed", currency: str = "usd",
+           metadata: object = None) -> str:
+    """A Stripe event; ``metadata`` replaces ``{"account_id": account_id}`` when given."""
     field = "amount_total" if kind == "checkout.session.completed" else "amount_received"
     obj = {"id": "cs_1", "object": "checkout.session", field: amount, "currency": currency,
-           "payment_status": "paid", "metadata": {"account_id": account_id}}
+           "payment_status": "paid",
+           "metadata": {"account_id": account_id} if metadata is None else metadata}
     return json.dumps({"id": event_id, "object": "event", "type": kind,
                        "data": {"object": obj}})
 
@@ -44,11 +47,12 @@ def _post(client, payload: str, header: str | None):
     return client.post("/webhooks/payments", data=payload, headers=headers)
 
 
-def _state(db, account_id: str) -> tuple[int, int, int]:
+def _state(db, account_id: str) -> tuple[int, int, int, int]:
     with db.read_transaction() as s:
         return (wallet.get_balance(s, account_id).balance,
                 s.scalar(select(func.count()).select_from(LedgerEntry)),
-                s.scalar(select(func.count()).select_from(AuditEvent)))
+                s.scalar(select(func.count()).select_from(AuditEvent)),
+                s.scalar(select(func.count()).select_from(PaymentEvent)))
 
 
 def test_signed_event_credits_once_and_is_audited(client, db, funded_account):
@@ -80,7 +84,8 @@ def test_payment_intent_succeeded_is_credited(client, db, funded_account):
 @pytest.mark.parametrize("case", ["unsigned", "bad_secret", "tampered", "stale", "future",
                                   "garbage_header", "no_v1", "malformed", "no_id",
                                   "unknown_account", "wrong_currency", "bad_amount",
-                                  "no_account"])
+                                  "account_not_an_id", "unsigned_without_account",
+                                  "forged_without_account"])
 def test_refused_events_change_nothing(client, db, funded_account, case):
     payload = _event(funded_account)
     header = _sign(payload)
@@ -114,13 +119,43 @@ def test_refused_events_change_nothing(client, db, funded_account, case):
     elif case == "bad_amount":
         payload = _event(funded_account, amount=-5)
         header = _sign(payload)
-    elif case == "no_account":
-        payload = _event("")
+    elif case == "account_not_an_id":
+        payload = _event(12345)
         header = _sign(payload)
+    elif case == "unsigned_without_account":
+        payload = _event(None, metadata={}, kind="payment_intent.succeeded")
+        header = None
+    elif case == "forged_without_account":
+        payload = _event(None, metadata={}, kind="payment_intent.succeeded")
+        header = _sign(payload, "whsec_other")
     before = _state(db, funded_account)
     resp = _post(client, payload, header)
     assert 400 <= resp.status_code < 500, (case, resp.status_code)
     assert set(resp.get_json()["error"]) == {"code", "message", "fields"}
+    assert _state(db, funded_account) == before
+
+
+@pytest.mark.parametrize(("kind", "metadata", "currency"), [
+    ("payment_intent.succeeded", {}, "usd"),
+    ("payment_intent.succeeded", {"order": "shop-42"}, "eur"),  # another product's payment
+    ("payment_intent.succeeded", {"account_id": ""}, "usd"),
+    ("payment_intent.succeeded", "absent", "usd"),
+    ("checkout.session.completed", {"order": "shop-42"}, "gbp"),
+])
+def test_payment_intent_without_account_is_acknowledged_not_credited(
+        client, db, funded_account, kind, metadata, currency):
+    payload = json.loads(_event(funded_account, event_id="evt_other", kind=kind,
+                                currency=currency, metadata=metadata))
+    if metadata == "absent":
+        del payload["data"]["object"]["metadata"]
+    payload = json.dumps(payload)
+    before = _state(db, funded_account)
+    resp = _post(client, payload, _sign(payload))
+    # 200, or Stripe retries the event for days and then disables the endpoint
+    assert resp.status_code == 200
+    assert resp.get_json() == {"received": True, "ignored": True, "reason": "no_account"}
+    assert _state(db, funded_account) == before  # no credit, no audit event, no event row
+    assert _post(client, payload, _sign(payload)).status_code == 200  # a retry: the same
     assert _state(db, funded_account) == before
 
 
@@ -139,6 +174,7 @@ def test_other_event_types_are_acknowledged_and_ignored(client, db, funded_accou
     before = _state(db, funded_account)
     resp = _post(client, payload, _sign(payload))
     assert resp.status_code == 200 and resp.get_json()["ignored"] is True
+    assert resp.get_json()["reason"] == "event_type"
     assert _state(db, funded_account) == before
 
 
