@@ -8,11 +8,12 @@ Gateway and writer guard every call):
 * ``holds_in_flight(n)`` — requests holding funds right now (event-loop thread);
 * ``writer_queue(depth, lag_seconds)`` — after each committed batch: outcomes not yet in
   the database, and how long the oldest of the batch waited;
-* ``db_error()`` / ``redis_error()`` — a failed database / Redis operation.
+* ``db_error()`` / ``redis_error()`` — a failed database / Redis operation;
+* ``revocation_seen(seconds)`` — a cached key's revocation reached this process: seconds
+  from its ``revoked_at`` to the key poller refusing it (key-poller thread).
 
-``revocation_seen(seconds)`` is part of the interface, but this proxy does not know when a
-key changed, so it never calls it. If the observer also has ``render() -> (body, content
-type)``, the proxy answers ``GET /metrics`` with it (same access rules as ``/healthz``).
+If the observer also has ``render() -> (body, content type)``, the proxy answers
+``GET /metrics`` with it (same access rules as ``/healthz``).
 """
 
 from __future__ import annotations

@@ -167,6 +167,7 @@ def build_services(config: Config, db: Database | None = None,
     authenticator = KeyAuthenticator(
         db.readers, bcrypt_cost=auth["bcrypt_cost"], ttl_seconds=auth["key_cache_ttl_seconds"],
         poll_seconds=auth["revocation_poll_ms"] / 1000)
+    authenticator.on_revocation = lambda seconds: call(observer, "revocation_seen", seconds)
     proxy = config.proxy
     lock = write_lock_for(db)
     journal = (config.data_dir / "outcomes") if proxy["outcome_journal"] else None

@@ -32,6 +32,7 @@ from control.core import audit, audit_head, retention, schema
 from control.core.config import Config
 from control.core.db import Database
 from control.core.net import is_loopback
+from control.core.passwords import control_url
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 
@@ -377,6 +378,18 @@ def check_policy(config: Config) -> Check:
     return ok("policy", "the privacy policy names the operator and a contact")
 
 
+def check_public_url(config: Config) -> Check:
+    """The base of password-reset and invite links and payment return pages."""
+    base = control_url(config, "")
+    if config.control["public_url"]:
+        return ok("control.public_url", f"links in messages start with {base}")
+    if config.control["listen_host"] in ("0.0.0.0", "::", ""):  # noqa: S104 - a comparison
+        return warn("control.public_url", f"links in messages would start with {base}, which "
+                    "nobody can open", "set control.public_url to the address people open, "
+                    "e.g. https://gateway.example.com")
+    return ok("control.public_url", f"links in messages start with the listen address {base}")
+
+
 # -- a running deployment -------------------------------------------------------------------
 
 
@@ -428,7 +441,8 @@ def run_checks(config: Config, *, proxy_url: str | None = None,
     else:
         for name in ("clock", "audit.chain", "retention.scheduler"):
             checks.append(Check(name, SKIP, "needs the database"))
-    checks.extend([check_provider_keys(config), check_smtp(config), check_policy(config)])
+    checks.extend([check_provider_keys(config), check_smtp(config), check_policy(config),
+                   check_public_url(config)])
     if proxy_url:
         checks.append(check_url("running.proxy", proxy_url, cafile=cafile))
     if control_url:

@@ -21,6 +21,7 @@ import string
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -325,6 +326,9 @@ class KeyAuthenticator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.bcrypt_checks = 0  # counted, for tests and metrics
+        #: Called (poller thread) with the seconds from a cached key's revocation to this
+        #: process refusing it: the propagation delay operators watch (a metric).
+        self.on_revocation: Callable[[float], None] | None = None
 
     def fingerprint(self, raw: str) -> bytes:
         """An HMAC of the key under a per-process random pepper: the cache key (never the key
@@ -380,17 +384,26 @@ class KeyAuthenticator:
                     select(ApiKey, Account.status).join(Account, Account.id == ApiKey.account_id)
                     .where(ApiKey.key_id.in_(ids[i:i + _REVALIDATE_CHUNK]))):
                 rows[key.key_id] = (key, account_status)
+        revoked_at: list[datetime] = []
         with self._lock:
             for fp, entry in snapshot.items():
                 if self._cache.get(fp) is not entry:
                     continue  # replaced meanwhile by a fresher check
-                fresh = self._current(entry, rows.get(entry.principal.key_id), value)
+                row = rows.get(entry.principal.key_id)
+                fresh = self._current(entry, row, value)
                 if fresh is None:
                     del self._cache[fp]
                 else:
                     self._cache[fp] = fresh
+                if (row is not None and fresh is not None and fresh.revoked
+                        and not entry.revoked and row[0].revoked_at is not None):
+                    revoked_at.append(row[0].revoked_at)
             self._generation = value
         self._fresh_at = started
+        if revoked_at and self.on_revocation is not None:
+            now = utcnow()
+            for when in revoked_at:
+                self.on_revocation((now - when).total_seconds())
 
     @staticmethod
     def _current(entry: _Entry, row: tuple[ApiKey, str] | None,

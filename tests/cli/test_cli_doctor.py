@@ -55,7 +55,7 @@ def test_broken_setting_exits_1_with_the_fix(defaults: CliRunner,
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     errors = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
-    assert errors == ["Error: 1 of 14 checks failed: permissions.secrets"], result.output
+    assert errors == ["Error: 1 of 15 checks failed: permissions.secrets"], result.output
     fail = [ln for ln in result.output.splitlines() if ln.startswith("FAIL")]
     assert len(fail) == 1 and "fix: chmod 600" in fail[0] and "audit-hmac.key" in fail[0]
 

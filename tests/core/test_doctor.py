@@ -83,7 +83,8 @@ def test_a_healthy_deployment_passes(healthy) -> None:
     got = by_name(checks)
     for name in ("tls.proxy", "tls.control", "permissions.data_dir", "permissions.secrets",
                  "database", "clock", "audit.key", "audit.chain",
-                 "retention.scheduler", "retention.due", "providers.keys"):
+                 "retention.scheduler", "retention.due", "providers.keys",
+                 "control.public_url"):
         assert got[name].status == doctor.PASS, got[name]
     # the head file is current, but nothing pushes it off this host yet
     assert got["audit.anchor"].status == doctor.WARN
@@ -306,6 +307,19 @@ def test_plain_http_behind_a_terminator_is_a_warning(healthy) -> None:
     config = healthy(proxy={"listen_host": "0.0.0.0", "allow_plain_http": True})  # noqa: S104
     check = doctor.check_listener(config, "proxy")
     assert check.status == doctor.WARN and "firewall" in check.fix
+
+
+def test_links_need_a_public_url_on_a_wildcard_listener(config_factory, db_url) -> None:
+    """Reset and invite links built on 0.0.0.0 reach nobody: a warning that says the key."""
+    loopback = doctor.check_public_url(config_factory(db_url))
+    assert loopback.status == doctor.PASS and "127.0.0.1" in loopback.detail
+    wild = doctor.check_public_url(config_factory(db_url, control={
+        "listen_host": "0.0.0.0"}))  # noqa: S104 - a config value, nothing binds
+    assert wild.status == doctor.WARN and "control.public_url" in wild.fix
+    assert "0.0.0.0" in wild.detail
+    public = doctor.check_public_url(config_factory(db_url, control={
+        "listen_host": "0.0.0.0", "public_url": "https://gateway.example.com"}))  # noqa: S104
+    assert public.status == doctor.PASS and "https://gateway.example.com" in public.detail
 
 
 def test_secret_files_cover_the_database_and_keys(healthy) -> None:

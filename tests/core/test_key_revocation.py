@@ -55,6 +55,30 @@ def test_revocation_during_the_bcrypt_check_is_not_cached(uow, funded_account, d
     assert auth.bcrypt_checks == 1
 
 
+def test_the_poller_reports_how_long_a_revocation_took_to_arrive(uow, funded_account, db):
+    """The propagation delay operators graph (hushgate_proxy_revocation_propagation_seconds):
+    from the key's revoked_at to this process refusing it, once per revocation."""
+    (key_id, raw), (_, other) = _make_keys(uow, funded_account, 2)
+    auth = keys.KeyAuthenticator(db.readers, bcrypt_cost=4, poll_seconds=0.5)
+    seen: list[float] = []
+    auth.on_revocation = seen.append
+    auth.authenticate(raw)
+    auth.authenticate(other)
+    auth.poll()
+    with uow() as ctx:
+        keys.revoke_key(ctx, key_id)
+    time.sleep(0.2)
+    auth.poll()
+    with pytest.raises(KeyRevoked):
+        auth.cached(raw)
+    assert len(seen) == 1 and 0.2 <= seen[0] < PROMISE
+    auth.poll()  # nothing new changed: nothing reported again
+    with uow() as ctx:
+        keys.create_key(ctx, funded_account)  # the counter moves, no revocation
+    auth.poll()
+    assert len(seen) == 1
+
+
 def test_hot_key_pays_bcrypt_once_whatever_changes_elsewhere(uow, funded_account, db):
     """Was: every ``ttl_seconds`` and every change of any key cost a new bcrypt check."""
     (key_id, raw), *others = _make_keys(uow, funded_account, 4)
