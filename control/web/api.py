@@ -307,7 +307,8 @@ def key_rotate(key_id: str) -> Any:
 def _wallet_dict(db: Any, account_id: str) -> dict[str, Any]:
     b = wallet.get_balance(db, account_id)
     return {"account_id": account_id, "balance": b.balance, "held": b.held,
-            "leased": b.leased, "available": b.available, "currency": hg().config.wallet["currency"],
+            "leased": b.leased, "available": b.available,
+            "currency": hg().config.wallet["currency"],
             "minor_unit_scale": hg().config.wallet["minor_unit_scale"]}
 
 
