@@ -2,5 +2,5 @@
 hooks carry each request through small stages (intake → admit (authenticate, route,
 reserve) → forward → meter → price → record), beside :class:`proxy_addons.safety.Safety`.
 Metadata only, never content. ``proxy_addons.runner.ProxyServer`` runs them in an
-in-process ``DumpMaster``.
+in-process mitmproxy ``Master`` with only the addons a reverse proxy needs.
 """

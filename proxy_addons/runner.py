@@ -1,4 +1,4 @@
-"""Run the hushgate proxy: a mitmproxy ``DumpMaster`` in reverse mode with the Gateway.
+"""Run the hushgate proxy: a mitmproxy ``Master`` in reverse mode with the Gateway.
 
 ``ProxyServer(config).start()`` runs it on a background thread with its own event loop
 (tests, benchmarks and ``hushgate up``); ``stop()`` shuts mitmproxy down, commits the
@@ -10,6 +10,12 @@ Listener: TLS with ``proxy.tls.cert_file``/``key_file`` when set (mitmproxy's ``
 plain HTTP is accepted only from loopback clients unless ``proxy.allow_plain_http`` is true,
 and a non-loopback listener without a certificate refuses to start. Upstream TLS is always
 verified (``ssl_insecure`` is off); providers' ``ca_file`` are added to the trusted bundle.
+
+The master carries only the mitmproxy addons a reverse proxy needs (:func:`core_addons`),
+not ``mitmdump``'s 34: mitmproxy offers every hook of every flow to every addon, so each
+unused one (playback, map-local, modify-body, save, HAR export, scripts, onboarding, ...)
+cost CPU on every request, and each was a feature that could read or write content. Their
+options don't exist here, so nothing can turn them on.
 """
 
 from __future__ import annotations
@@ -29,7 +35,16 @@ from mitmproxy import options
 with warnings.catch_warnings():
     # mitmproxy's proxyauth imports ldap3, which uses a deprecated pyasn1 name at import time.
     warnings.simplefilter("ignore", DeprecationWarning)
-    from mitmproxy.tools.dump import DumpMaster
+    from mitmproxy.addons import (
+        core,
+        disable_h2c,
+        dns_resolver,
+        errorcheck,
+        next_layer,
+        proxyserver,
+        tlsconfig,
+    )
+    from mitmproxy.master import Master
 
 from control.core.config import Config
 from control.core.db import Database
@@ -44,6 +59,16 @@ from proxy_addons.services import Services, build_services
 #: forwarded flow is re-pointed by the forward stage, so nothing is ever sent here (port 9
 #: is "discard", refused on loopback).
 PLACEHOLDER_UPSTREAM = "http://127.0.0.1:9"
+
+
+def core_addons() -> list[Any]:
+    """The mitmproxy addons hushgate runs (in mitmproxy's default order): options and flow
+    commands, h2c upgrades refused, name resolution, the protocol layers, the listeners,
+    TLS, and start-up errors reported."""
+    return [core.Core(), disable_h2c.DisableH2C(), proxyserver.Proxyserver(),
+            dns_resolver.DnsResolver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
+            errorcheck.ErrorCheck()]
+
 
 #: Variables that make mitmproxy (or OpenSSL users) write TLS session secrets to a file.
 KEYLOG_VARIABLES = ("MITMPROXY_SSLKEYLOGFILE", "SSLKEYLOGFILE")
@@ -147,7 +172,7 @@ class ProxyServer:
         self.host: str | None = None
         self.port: int | None = None
         self.services: Services | None = None
-        self._master: DumpMaster | None = None
+        self._master: Master | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -184,7 +209,8 @@ class ProxyServer:
     async def _main(self) -> None:
         assert self.services is not None
         opts = options.Options()
-        master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+        master = Master(opts, with_termlog=False)
+        master.addons.add(*core_addons())
         opts.update(**{k: v for k, v in self._opts.items() if k in opts})
         tls = bool(self._opts.get("certs"))
         master.addons.add(Safety(tls=tls), Gateway(self.services), _Ready(self))

@@ -1,5 +1,5 @@
 """Fixtures for tests through the real proxy: the provider simulator, a running hushgate
-proxy (in-process ``DumpMaster`` on port 0) pointed at it, a funded account and a key."""
+proxy (in-process mitmproxy master on port 0) pointed at it, a funded account and a key."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 from proxy_helpers import PROVIDER_KEY, PROVIDER_KEY_ENV, catalog, make_config, setup_account
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from control.core import keys, leases, records, wallet
 from control.core.audit import Actor
 from control.core.config import Config
 from control.core.context import Ctx
 from control.core.db import Database
-from control.core.models import Hold, RequestRecord
+from control.core.models import BalanceLease, Hold, LedgerEntry, RequestRecord, Wallet
 from control.simulator import Simulator
 from proxy_addons.runner import ProxyServer
 
@@ -88,13 +88,29 @@ class Gateway:
         """After the commits drained: ledger == balance, no open holds (only the proxy's
         unspent lease is held), available >= 0."""
         self.drain()
-        with self.db.read_transaction() as s:  # one snapshot: a refill may run meanwhile
-            bal = wallet.get_balance(s, self.account_id)
-            assert bal.balance == wallet.ledger_sum(s, self.account_id)
-            assert bal.held == leases.open_leases(s, self.account_id)
-            assert not s.scalars(select(Hold).where(Hold.status == "open")).all()
+        acct = self.account_id
+        # ONE statement, so one snapshot on PostgreSQL too (READ COMMITTED gives each
+        # statement its own): the proxy's money thread may refill a lease meanwhile.
+        row = self.db_one(select(
+            Wallet.balance, Wallet.held,
+            select(func.coalesce(func.sum(LedgerEntry.amount), 0))
+            .where(LedgerEntry.account_id == acct).scalar_subquery(),
+            select(func.coalesce(func.sum(BalanceLease.amount), 0))
+            .where(BalanceLease.account_id == acct, BalanceLease.status == "open")
+            .scalar_subquery(),
+            select(func.count()).select_from(Hold)
+            .where(Hold.account_id == acct, Hold.status == "open").scalar_subquery(),
+        ).where(Wallet.account_id == acct))
+        balance, held, ledger, leased, open_holds = row
+        assert balance == ledger
+        assert (held, open_holds) == (leased, 0)
+        bal = wallet.Balance(balance, held, leased)
         assert bal.available >= 0
         return bal
+
+    def db_one(self, statement: Any) -> Any:
+        with self.db.read_transaction() as s:
+            return s.execute(statement).one()
 
     def new_key(self, **scopes: Any) -> tuple[str, str]:
         with self.db.transaction() as session:
