@@ -284,3 +284,23 @@ def test_request_longer_than_max_is_ended_and_charged_for_delivery(make_gateway)
     assert (rec["status"], rec["error_type"]) == (504, "request_timeout")
     assert rec["cost"] > 0 and rec["estimated"]
     gw.assert_books_balance()
+
+
+#: mitmproxy options of features that read, write or replace content (files, playback,
+#: scripts, rewriting): the proxy runs without the addons behind them, so none exists.
+CONTENT_FEATURES = ("save_stream_file", "hardump", "map_local", "map_remote", "modify_body",
+                    "modify_headers", "scripts", "server_replay", "client_replay", "rfile",
+                    "onboarding", "flow_detail", "termlog_verbosity")
+
+
+def test_the_proxy_carries_no_mitmproxy_feature_that_touches_content(gateway):
+    master = gateway.proxy._master
+    loaded = [type(a).__name__ for a in master.addons.chain]
+    assert loaded == ["Core", "DisableH2C", "Proxyserver", "DnsResolver", "NextLayer",
+                      "TlsConfig", "ErrorCheck", "Safety", "Gateway", "_Ready"]
+    assert [name for name in CONTENT_FEATURES if name in master.options] == []
+    with pytest.raises(KeyError):
+        master.options.update(save_stream_file="/tmp/flows")  # noqa: S108 - never written
+    with gateway.openai() as client:  # and it still proxies
+        assert client.chat.completions.create(
+            model="gpt-test", messages=[{"role": "user", "content": "hi"}]).choices
