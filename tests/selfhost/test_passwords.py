@@ -214,7 +214,8 @@ def test_an_invite_link_uses_the_public_url_and_the_configured_hours(db, mail, m
     ("password_reset_minutes", 0), ("password_reset_minutes", 1441),
     ("password_reset_minutes", "30"), ("invite_hours", 0), ("invite_hours", 721),
     ("invite_hours", 1.5), ("public_url", "gateway.example.com"),
-    ("public_url", "https://gateway.example.com/?next=x"), ("public_url", "ftp://gateway")])
+    ("public_url", "https://gateway.example.com/?next=x"), ("public_url", "ftp://gateway"),
+    ("public_url", "https://user:secret@gateway.example.com")])  # would be in every link
 def test_out_of_range_link_settings_are_refused_naming_the_key(tmp_path, key, value):
     path = tmp_path / "hushgate.yaml"
     path.write_text(f"control:\n  {key}: {value!r}\n")
